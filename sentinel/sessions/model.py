@@ -1,0 +1,197 @@
+"""The server session record and its state machine (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from sentinel.errors import SentinelError
+
+_SESSION_ID = re.compile(r"[0-9a-f]{16}")
+
+# Fixed width, always UTC, always microseconds: lexical order of the strings is time order, which is
+# what the stores' "newest first" indexes (DynamoDB GSI sort keys, SQLite ORDER BY) rely on.
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class InvalidSessionId(SentinelError):
+    """A session id that is not 16 lowercase hex characters."""
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not SessionStatus.ACTIVE
+
+    def can_become(self, new: SessionStatus) -> bool:
+        """Legal transitions: active -> revoked and active -> expired; terminal states never change."""
+        return self is SessionStatus.ACTIVE and new.is_terminal
+
+
+def new_session_id() -> str:
+    """16 lowercase hex characters (64 bits) from the OS CSPRNG."""
+    return secrets.token_hex(8)
+
+
+def validate_session_id(value: str) -> str:
+    """Return `value` if it is a well-formed session id, else raise `InvalidSessionId`."""
+    if not isinstance(value, str) or _SESSION_ID.fullmatch(value) is None:
+        shown = value[:32] if isinstance(value, str) else type(value).__name__
+        raise InvalidSessionId(f"invalid session id {shown!r}: expected 16 lowercase hex characters")
+    return value
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339, UTC, fixed width (sorts correctly as a string)."""
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Inverse of `format_timestamp`; also accepts other RFC 3339 forms with an offset."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {value!r}")
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long records live: a session expires `idle_lifetime` after its last access, and the
+    store may delete it (DynamoDB TTL, SQLite purge) `retention` after that."""
+
+    idle_lifetime: timedelta = timedelta(hours=12)
+    retention: timedelta = timedelta(days=30)
+
+    def expires_at(self, last_access_at: datetime) -> datetime:
+        return last_access_at + self.idle_lifetime
+
+    def ttl(self, last_access_at: datetime) -> int:
+        """Epoch seconds after which the record may be deleted."""
+        return int((self.expires_at(last_access_at) + self.retention).timestamp())
+
+
+DEFAULT_RETENTION = Retention()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSession:
+    """One serving instance of Sentinel, as recorded in a session store."""
+
+    id: str
+    user: str
+    profile: str
+    server_instance_id: str
+    status: SessionStatus
+    started_at: datetime
+    last_access_at: datetime
+    expires_at: datetime
+    request_count: int
+    source_identity: str
+    created_at: datetime
+    updated_at: datetime
+    ttl: int
+    revoked_by: str | None = None
+    revoked_reason: str | None = None
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        user: str,
+        profile: str,
+        server_instance_id: str,
+        source_identity: str,
+        session_id: str | None = None,
+        now: datetime | None = None,
+        retention: Retention = DEFAULT_RETENTION,
+    ) -> ServerSession:
+        """A fresh active session, as created at server startup."""
+        now = now or utc_now()
+        return cls(
+            id=validate_session_id(session_id) if session_id else new_session_id(),
+            user=user,
+            profile=profile,
+            server_instance_id=server_instance_id,
+            status=SessionStatus.ACTIVE,
+            started_at=now,
+            last_access_at=now,
+            expires_at=retention.expires_at(now),
+            request_count=0,
+            source_identity=source_identity,
+            created_at=now,
+            updated_at=now,
+            ttl=retention.ttl(now),
+        )
+
+    def with_changes(self, **changes: object) -> ServerSession:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_record(self) -> dict[str, str | int]:
+        """Flat, JSON- and DynamoDB-friendly representation (timestamps as RFC 3339 strings).
+
+        Absent optional fields are left out rather than stored as null."""
+        record: dict[str, str | int] = {
+            "id": self.id,
+            "user": self.user,
+            "profile": self.profile,
+            "server_instance_id": self.server_instance_id,
+            "status": self.status.value,
+            "started_at": format_timestamp(self.started_at),
+            "last_access_at": format_timestamp(self.last_access_at),
+            "expires_at": format_timestamp(self.expires_at),
+            "request_count": self.request_count,
+            "source_identity": self.source_identity,
+            "created_at": format_timestamp(self.created_at),
+            "updated_at": format_timestamp(self.updated_at),
+            "ttl": self.ttl,
+        }
+        if self.revoked_by is not None:
+            record["revoked_by"] = self.revoked_by
+        if self.revoked_reason is not None:
+            record["revoked_reason"] = self.revoked_reason
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> ServerSession:
+        """Inverse of `to_record`; raises `ValueError` (or `KeyError`) on a malformed record."""
+
+        def text(name: str) -> str:
+            value = record[name]
+            if not isinstance(value, str):
+                raise ValueError(f"field {name!r} is not a string")
+            return value
+
+        def optional(name: str) -> str | None:
+            value = record.get(name)
+            return None if value is None else str(value)
+
+        return cls(
+            id=text("id"),
+            user=text("user"),
+            profile=text("profile"),
+            server_instance_id=text("server_instance_id"),
+            status=SessionStatus(text("status")),
+            started_at=parse_timestamp(text("started_at")),
+            last_access_at=parse_timestamp(text("last_access_at")),
+            expires_at=parse_timestamp(text("expires_at")),
+            request_count=int(record["request_count"]),  # type: ignore[call-overload]
+            source_identity=text("source_identity"),
+            created_at=parse_timestamp(text("created_at")),
+            updated_at=parse_timestamp(text("updated_at")),
+            ttl=int(record["ttl"]),  # type: ignore[call-overload]
+            revoked_by=optional("revoked_by"),
+            revoked_reason=optional("revoked_reason"),
+        )

@@ -1,0 +1,64 @@
+"""Test-wide setup: an isolated AWS environment pointed at one real moto server process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.moto import MotoServer
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_aws_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test can reach a real AWS account or the developer's ~/.aws: fake keys, empty files."""
+    home = tmp_path_factory.mktemp("aws-home")
+    (home / "config").write_text("")
+    (home / "credentials").write_text("")
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "SENTINEL_")) or key == "NOTIFY_SOCKET":
+            del os.environ[key]
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_CONFIG_FILE": str(home / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server process for the whole run, reached over HTTP on loopback."""
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point every AWS SDK client in this test at the moto server via the standard variable."""
+    if not moto_server.running:
+        moto_server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    return moto_server.url
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
