@@ -96,7 +96,7 @@ class Registry:
         if existing is not None:
             if type(existing) is not type(metric) or existing.labels != metric.labels:
                 raise ValueError(f"metric {metric.name} registered twice with different shapes")
-            return existing  # type: ignore[return-value]
+            return existing
         self._metrics[metric.name] = metric
         return metric
 
