@@ -6,7 +6,14 @@
 
 from __future__ import annotations
 
-from sentinel.credentials.aws import CLIENT_CONFIG, AwsContext, StsRoleAssumer, open_aws, resolve_user
+from sentinel.credentials.aws import (
+    CLIENT_CONFIG,
+    AwsContext,
+    StsRoleAssumer,
+    caller_arn,
+    open_aws,
+    resolve_user,
+)
 from sentinel.credentials.cache import (
     CacheKey,
     CacheStatistics,
@@ -37,6 +44,7 @@ __all__ = [
     "ProfilePlan",
     "RefreshPolicy",
     "StsRoleAssumer",
+    "caller_arn",
     "effective_duration",
     "open_aws",
     "plan_profile",

@@ -197,3 +197,15 @@ def _credentials_from(data: Mapping[str, Any] | None, role_arn: str) -> Credenti
         )
     except (TypeError, ValueError):
         raise CredentialError(f"STS AssumeRole of {role_arn} returned incomplete credentials") from None
+
+
+async def caller_arn(profile: str | None, region: str | None) -> str:
+    """The ARN of whoever the standard chain for `profile` resolves to (for `revoked_by`).
+
+    Unlike `open_aws` there is no role here: an admin revoking a session is who they are."""
+    session = aioboto3.Session(profile_name=profile, region_name=region)
+    try:
+        async with session.client("sts", config=CLIENT_CONFIG) as sts:
+            return (await resolve_user(sts)).arn
+    except BotoCoreError as exc:
+        raise CredentialError(f"cannot determine the caller's AWS identity: {type(exc).__name__}") from None

@@ -1,0 +1,93 @@
+"""The child of `sentinel exec`: its environment, its process, and its exit code.
+
+The child's SDK must be able to use Sentinel and nothing else, so every other credential source is
+removed from its environment (as the Go original does): static keys, profiles, web identity, and
+the shared config and credentials files (pointed at /dev/null).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Mapping
+
+from sentinel.errors import SentinelError
+
+MARKER = "AWS_SENTINEL"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_REMOVED = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
+
+class NestedExec(SentinelError):
+    """`sentinel exec` run from inside a `sentinel exec` child."""
+
+
+def refuse_nested(environ: Mapping[str, str] = os.environ) -> None:
+    if environ.get(MARKER):
+        raise NestedExec(
+            f"refusing to run sentinel exec inside another sentinel exec ({MARKER} is set); "
+            "the outer one already provides credentials"
+        )
+
+
+def child_environment(
+    environ: Mapping[str, str], marker: str, region: str | None, credentials: Mapping[str, str]
+) -> dict[str, str]:
+    """A copy of `environ` whose only AWS credential source is `credentials`."""
+    env = {key: value for key, value in environ.items() if key not in _REMOVED}
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    if region and not env.get("AWS_REGION") and not env.get("AWS_DEFAULT_REGION"):
+        # The config file that named the region is hidden from the child now.
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    env[MARKER] = marker
+    env.update(credentials)
+    return env
+
+
+def exit_code(returncode: int) -> int:
+    """The child's exit code; 128 + N when signal N killed it (as shells report it)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run the child to completion, forwarding SIGINT, SIGTERM and SIGHUP to it."""
+    try:
+        process = await asyncio.create_subprocess_exec(*argv, env=env)
+    except FileNotFoundError:
+        raise SentinelError(f"exec: command not found: {argv[0]}") from None
+    except PermissionError:
+        raise SentinelError(f"exec: permission denied: {argv[0]}") from None
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        if process.returncode is None:
+            process.send_signal(signum)
+
+    for signum in FORWARDED_SIGNALS:
+        loop.add_signal_handler(signum, forward, signum)
+    try:
+        return exit_code(await process.wait())
+    finally:
+        for signum in FORWARDED_SIGNALS:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,292 @@
+"""Command-line interface: argument parsing, output formatting and exit codes.
+
+The only module that prints or exits. Every error reaches the user as one line on stderr with a
+non-zero exit code (see `exit_code_for`), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import orjson
+
+from sentinel import __version__
+from sentinel.config import OPTIONS, ServerConfig, build_config
+from sentinel.errors import ConfigError, CredentialError, PolicyError, SentinelError
+from sentinel.sessions.errors import InvalidTransition, SessionNotFound, StoreUnavailable
+from sentinel.sessions.model import InvalidSessionId, ServerSession, SessionStatus, format_timestamp
+
+T = TypeVar("T")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure logs it as a configuration problem
+
+STORE_FIELDS = ("session_table", "session_db", "region")
+SERVER_FIELDS = tuple(option.field for option in OPTIONS)
+
+
+def exit_code_for(error: SentinelError) -> int:
+    """The one place errors become exit codes."""
+    if isinstance(error, ConfigError | PolicyError):
+        return EXIT_CONFIG
+    if isinstance(error, InvalidSessionId):
+        return EXIT_USAGE
+    if isinstance(error, SessionNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, InvalidTransition):
+        return EXIT_CONFLICT
+    if isinstance(error, StoreUnavailable | CredentialError):
+        return EXIT_UNAVAILABLE
+    from sentinel.admin import UsageError
+
+    if isinstance(error, UsageError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), not usage text plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for option in OPTIONS:
+        if option.field not in names:
+            continue
+        if option.flag_kind == "switch":
+            parser.add_argument(
+                option.flag, dest=option.field, action="store_const", const=True, help=option.help
+            )
+        else:
+            parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, help=option.help)
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file with option defaults")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sentinel", description="Policy-gated AWS credential server.")
+    parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the credential server (systemd Type=notify)")
+    _add_options(serve, SERVER_FIELDS)
+    serve.set_defaults(handler=_cmd_serve)
+
+    run = commands.add_parser("exec", help="run a command with credentials from Sentinel")
+    run.add_argument("--server", action="store_true", help="serve credentials to the child over loopback")
+    _add_options(run, SERVER_FIELDS)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    run.set_defaults(handler=_cmd_exec)
+
+    sessions = commands.add_parser("server-sessions", help="list server sessions")
+    _add_options(sessions, STORE_FIELDS)
+    sessions.add_argument("--status", choices=[s.value for s in SessionStatus])
+    sessions.add_argument("--user")
+    sessions.add_argument("--profile")
+    sessions.add_argument("--limit", type=int, default=None, help="at most this many (default 100, max 1000)")
+    sessions.add_argument("--json", action="store_true", help="print a JSON list")
+    sessions.set_defaults(handler=_cmd_sessions)
+
+    show = commands.add_parser("server-session", help="show one server session")
+    _add_options(show, STORE_FIELDS)
+    show.add_argument("session_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_cmd_session)
+
+    revoke = commands.add_parser("server-revoke", help="revoke a server session")
+    _add_options(revoke, STORE_FIELDS)
+    revoke.add_argument("session_id", metavar="ID")
+    revoke.add_argument("--reason", required=True)
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(handler=_cmd_revoke)
+
+    table = commands.add_parser("create-session-table", help="create the DynamoDB session table")
+    _add_options(table, ("session_table", "region"))
+    table.set_defaults(handler=_cmd_create_table)
+    return parser
+
+
+def _config(args: argparse.Namespace, names: Sequence[str]) -> ServerConfig:
+    flags = {name: getattr(args, name, None) for name in names}
+    return build_config(flags, os.environ, args.config)
+
+
+def _run(function: Callable[[], Awaitable[T]]) -> T:
+    return anyio.run(function, backend_options={"use_uvloop": True})
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _session_record(session: ServerSession) -> dict[str, Any]:
+    return dict(session.to_record())
+
+
+def _short_time(value: Any) -> str:
+    return format_timestamp(value)[:19].replace("T", " ")
+
+
+def format_table(sessions: Sequence[ServerSession]) -> str:
+    """Aligned columns: id, status, user, profile, started, last access, requests."""
+    header = ("ID", "STATUS", "USER", "PROFILE", "STARTED (UTC)", "LAST ACCESS (UTC)", "REQUESTS")
+    rows = [
+        (
+            s.id,
+            s.status.value,
+            s.user,
+            s.profile,
+            _short_time(s.started_at),
+            _short_time(s.last_access_at),
+            str(s.request_count),
+        )
+        for s in sessions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1].rjust(widths[-1])]))
+    return "\n".join(lines)
+
+
+def format_detail(session: ServerSession) -> str:
+    record = session.to_record()
+    width = max(len(key) for key in record)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in record.items())
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from sentinel import admin
+
+    config = _config(args, STORE_FIELDS)
+    if args.limit is not None and not 1 <= args.limit <= 1000:
+        raise ConfigError("--limit: must be between 1 and 1000")
+    query = admin.ListFilter(
+        status=SessionStatus(args.status) if args.status else None,
+        user=args.user,
+        profile=args.profile,
+        limit=args.limit,
+    )
+
+    async def work() -> list[ServerSession]:
+        async with admin.store_for(config) as store:
+            return await admin.list_sessions(store, query)
+
+    sessions = _run(work)
+    if args.json:
+        _json([_session_record(s) for s in sessions])
+    elif sessions:
+        _out(format_table(sessions))
+    else:
+        _out("no sessions")
+    return 0
+
+
+def _cmd_session(args: argparse.Namespace) -> int:
+    from sentinel import admin
+
+    config = _config(args, STORE_FIELDS)
+
+    async def work() -> ServerSession:
+        async with admin.store_for(config) as store:
+            return await admin.get_session(store, args.session_id)
+
+    session = _run(work)
+    if args.json:
+        _json(_session_record(session))
+    else:
+        _out(format_detail(session))
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from sentinel import admin
+
+    config = _config(args, STORE_FIELDS)
+
+    async def work() -> ServerSession:
+        async with admin.store_for(config) as store:
+            by = await admin.revoker_identity(config)
+            return await admin.revoke_session(store, args.session_id, args.reason, by)
+
+    session = _run(work)
+    if args.json:
+        _json(_session_record(session))
+    else:
+        _out(f"revoked session {session.id} (user {session.user}, profile {session.profile})")
+    return 0
+
+
+def _cmd_create_table(args: argparse.Namespace) -> int:
+    config = _config(args, ("session_table", "region"))
+    if not config.session_table:
+        raise ConfigError("create-session-table: --session-table is required")
+    table = config.session_table
+
+    async def work() -> None:
+        from sentinel.sessions.dynamodb import create_session_table
+
+        await create_session_table(table, region=config.region)
+
+    _run(work)
+    _out(f"table {table} is active")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sentinel import daemon
+
+    config = _config(args, SERVER_FIELDS)
+    return daemon.serve(config)
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from sentinel import daemon
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ConfigError("exec: give the command to run after --")
+    config = _config(args, SERVER_FIELDS)
+    return daemon.exec_command(config, argv, server=args.server)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except SentinelError as error:
+        sys.stderr.write(f"sentinel: {error}\n")
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `sentinel server-sessions | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+__all__ = ["build_parser", "exit_code_for", "format_detail", "format_table", "main"]

@@ -1,0 +1,238 @@
+"""The hot path behind the HTTP endpoint (DESIGN.md §3 steps 2-6): the `CredentialService`.
+
+policy -> session gate -> credential cache -> audit -> touch, and nothing in it waits on the
+session store, SSM or a log file. A cache hit is answered synchronously (`issue_nowait`), so the
+server writes the response from inside its protocol callback without scheduling a task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import orjson
+
+from sentinel.audit import DecisionEntry, DecisionLog
+from sentinel.clock import Clock
+from sentinel.credentials import CacheKey, CredentialCache, Credentials, effective_duration
+from sentinel.errors import CredentialError
+from sentinel.metrics import Registry
+from sentinel.policy import Decision, Mode, PolicyRequest, PolicyWatcher, evaluate
+from sentinel.server.service import JSON, PROMETHEUS_TEXT, Reply
+from sentinel.sessions.tracking import Tracker
+
+REVOKED_MESSAGE = "session revoked"
+UNAVAILABLE_MESSAGE = "credentials unavailable"
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return Reply(status, orjson.dumps({"Message": message}), JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this server serves, fixed at startup."""
+
+    user: str
+    profile: str
+    role_arn: str
+    session_id: str
+    source_identity: str
+    mode: Mode
+
+
+class Pipeline:
+    """Answers credential requests for one server session."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        policy: PolicyWatcher,
+        cache: CredentialCache,
+        tracker: Tracker,
+        audit: DecisionLog,
+        registry: Registry,
+        clock: Clock,
+        server_duration: timedelta,
+        health_extra: dict[str, object] | None = None,
+    ) -> None:
+        self._identity = identity
+        self._policy = policy
+        self._cache = cache
+        self._tracker = tracker
+        self._audit = audit
+        self._registry = registry
+        self._clock = clock
+        self._server_duration = server_duration
+        self._health_extra = health_extra or {}
+        self._keys: dict[timedelta | None, CacheKey] = {}
+        self._denials: dict[Decision, Reply] = {}
+        self._revoked_reply = error_reply(403, REVOKED_MESSAGE)
+        self._unavailable_reply = error_reply(500, UNAVAILABLE_MESSAGE)
+        # One Reply per credentials object: a cache hit allocates nothing new for the body.
+        self._last_credentials: Credentials | None = None
+        self._last_reply: Reply | None = None
+        self._decisions = registry.counter(
+            "policy_decisions_total", "Policy decisions on credential requests", ("effect",)
+        )
+        self._issued = registry.counter("credentials_issued_total", "Credential responses served")
+
+    @property
+    def last_credentials(self) -> Credentials | None:
+        """The credentials of the latest successful issuance (for `exec` without `--server`)."""
+        return self._last_credentials
+
+    async def prefetch(self) -> bool:
+        """Warm the cache for what the policy allows now; False if it denies now (nothing fetched).
+
+        Not an issuance: nothing is audited or counted. Raises CredentialError if STS fails."""
+        request = PolicyRequest(
+            self._identity.user, self._identity.profile, self._identity.mode, self._clock.now()
+        )
+        decision = evaluate(self._policy.current, request)
+        if not decision.allowed:
+            return False
+        await self._cache.get(self._key(decision.max_server_duration))
+        return True
+
+    # -- CredentialService --------------------------------------------------------------------
+
+    def issue_nowait(self) -> Reply | None:
+        outcome = self._decide()
+        if isinstance(outcome, Reply):
+            return outcome
+        decision, key = outcome
+        credentials = self._cache.get_nowait(key)
+        if credentials is None:
+            return None
+        return self._allow(decision, credentials, cache_hit=True)
+
+    async def issue(self) -> Reply:
+        outcome = self._decide()
+        if isinstance(outcome, Reply):
+            return outcome
+        decision, key = outcome
+        try:
+            credentials, cache_hit = await self._cache.get(key)
+        except CredentialError:
+            # The cache has logged the cause; the caller learns nothing about upstream errors.
+            self._audit_entry(decision, 500, cache_hit=False)
+            return self._unavailable_reply
+        # Revocation may have landed while we waited on STS: check the gate again.
+        if self._tracker.revoked:
+            self._audit_entry(decision, 403, cache_hit=cache_hit, reason=REVOKED_MESSAGE)
+            return self._revoked_reply
+        return self._allow(decision, credentials, cache_hit=cache_hit)
+
+    def health(self) -> Reply:
+        tracker = self._tracker.statistics()
+        policy = self._policy.statistics()
+        cache = self._cache.statistics()
+        body = {
+            "status": "ok",
+            "mode": self._identity.mode.value,
+            "session": {
+                "id": self._identity.session_id,
+                "revoked": tracker.revoked,
+                "tracking": "degraded" if tracker.flush_failures and tracker.pending else "ok",
+                "created": tracker.session_created,
+                "pending": tracker.pending,
+                "dropped": tracker.dropped,
+                "last_flush_at": tracker.last_flush_at.isoformat() if tracker.last_flush_at else None,
+            },
+            "policy": {
+                "source": policy.source,
+                "hash": policy.content_hash,
+                "last_error": policy.last_error,
+            },
+            "credentials": {
+                "sts_calls": cache.sts_calls,
+                "sts_failures": cache.sts_failures,
+                "last_refresh": cache.last_refresh.isoformat() if cache.last_refresh else None,
+            },
+            **self._health_extra,
+        }
+        return Reply(200, orjson.dumps(body), JSON)
+
+    def metrics(self) -> Reply:
+        return Reply(200, self._registry.render().encode(), PROMETHEUS_TEXT)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _decide(self) -> Reply | tuple[Decision, CacheKey]:
+        """Steps 2 and 3: the policy, then the session gate (local state only)."""
+        identity = self._identity
+        request = PolicyRequest(identity.user, identity.profile, identity.mode, self._clock.now())
+        decision = evaluate(self._policy.current, request)
+        if not decision.allowed:
+            self._decisions.inc("deny")
+            self._audit_entry(decision, 403, cache_hit=False)
+            return self._denial(decision)
+        if self._tracker.revoked:
+            self._decisions.inc("revoked")
+            self._audit_entry(decision, 403, cache_hit=False, reason=REVOKED_MESSAGE)
+            return self._revoked_reply
+        self._decisions.inc("allow")
+        return decision, self._key(decision.max_server_duration)
+
+    def _allow(self, decision: Decision, credentials: Credentials, *, cache_hit: bool) -> Reply:
+        """Steps 5 and 6: audit, touch (only now, after success), respond."""
+        reply = self._last_reply
+        if credentials is not self._last_credentials or reply is None:
+            reply = Reply(200, credentials.to_container_json(), JSON)
+            self._last_credentials, self._last_reply = credentials, reply
+        self._audit_entry(decision, 200, cache_hit=cache_hit, credentials=credentials)
+        self._tracker.touch_nowait()
+        self._issued.inc()
+        return reply
+
+    def _key(self, rule_max: timedelta | None) -> CacheKey:
+        key = self._keys.get(rule_max)
+        if key is None:
+            seconds = int(effective_duration(self._server_duration, rule_max).total_seconds())
+            key = self._keys[rule_max] = CacheKey(self._identity.role_arn, seconds)
+        return key
+
+    def _denial(self, decision: Decision) -> Reply:
+        reply = self._denials.get(decision)
+        if reply is None:
+            # Decisions are prebuilt per rule, so this map holds at most two entries per rule.
+            reply = self._denials[decision] = error_reply(403, decision.reason)
+        return reply
+
+    def _audit_entry(
+        self,
+        decision: Decision,
+        status: int,
+        *,
+        cache_hit: bool,
+        credentials: Credentials | None = None,
+        reason: str | None = None,
+    ) -> None:
+        audit = self._audit
+        if not audit.enabled:
+            return  # building an entry costs microseconds; skip it when nobody reads it
+        identity = self._identity
+        policy = self._policy.current
+        audit.log_nowait(
+            DecisionEntry(
+                time=self._clock.now(),
+                request_id=audit.new_request_id(),
+                user=identity.user,
+                profile=identity.profile,
+                effect=decision.effect.value if decision.allowed or reason is None else "deny",
+                rule=decision.rule_name,
+                rule_index=decision.rule_index,
+                reason=reason or decision.reason,
+                mode=identity.mode.value,
+                policy_source=policy.source,
+                policy_hash=policy.content_hash,
+                status=status,
+                session_id=identity.session_id,
+                source_identity=identity.source_identity,
+                role_arn=identity.role_arn,
+                expiration=credentials.expiration if credentials else None,
+                cache_hit=cache_hit,
+            )
+        )
