@@ -135,7 +135,7 @@ class Pipeline:
             "session": {
                 "id": self._identity.session_id,
                 "revoked": tracker.revoked,
-                "tracking": "degraded" if tracker.flush_failures and tracker.pending else "ok",
+                "tracking": "degraded" if tracker.degraded else "ok",
                 "created": tracker.session_created,
                 "pending": tracker.pending,
                 "dropped": tracker.dropped,

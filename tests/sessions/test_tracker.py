@@ -1,0 +1,690 @@
+"""The session tracker against real stores and injected faults (issue 4 items 1, 2, 4, 5 and 6).
+
+Stores come from `tests/sessions/conftest.py` (`store`/`backend`: a fresh SQLite file or a fresh
+DynamoDB table on the moto server). "Another process" is a second client opened on the same
+backend. Faults come from `FaultyStore`, a wrapper around the real store. Nothing sleeps to
+synchronise: tests wait on the tracker's and the wrapper's conditions under generous bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from sentinel.metrics import Registry
+from sentinel.sessions.errors import SessionNotFound
+from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.retry import Backoff, Throttle
+from sentinel.sessions.store import SessionStore
+from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+from tests.conftest import REGION
+from tests.sessions.conftest import FakeClock, StoreBackend
+from tests.support.faulty_store import FaultyStore
+from tests.support.moto import MotoServer
+
+# Small intervals keep the worker busy in a test's time scale; the logic does not depend on them.
+FAST_BACKOFF = Backoff(initial=0.01, maximum=0.05)
+WAIT = 10.0  # generous bound for any condition a test waits on
+
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+def make_template(clock: FakeClock, instance: str = "host-a") -> ServerSession:
+    session_id = new_session_id()
+    return ServerSession.start(
+        user="alice",
+        profile="dev",
+        server_instance_id=instance,
+        source_identity=f"sentinel:alice:{session_id}",
+        session_id=session_id,
+        now=clock.now(),
+    )
+
+
+def make_tracker(
+    store: SessionStore,
+    template: ServerSession,
+    clock: FakeClock,
+    *,
+    queue_size: int = 10_000,
+    flush_interval: float = 0.01,
+    flush_threshold: int | None = None,
+    revocation_poll: float = 0.05,
+    registry: Registry | None = None,
+) -> SessionTracker:
+    return SessionTracker(
+        store,
+        template,
+        clock=clock,
+        registry=registry,
+        queue_size=queue_size,
+        flush_interval=flush_interval,
+        flush_threshold=flush_threshold,
+        revocation_poll=revocation_poll,
+        backoff=FAST_BACKOFF,
+    )
+
+
+@asynccontextmanager
+async def running(tracker: SessionTracker) -> AsyncIterator[SessionTracker]:
+    """The worker in a task group, as the daemon runs it; cancelled if the test body fails."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(tracker.run)
+        try:
+            yield tracker
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def second_client(backend: StoreBackend) -> AsyncIterator[SessionStore]:
+    """Another process's view of the same file or table: its own connection or client."""
+    other = await backend.open()
+    try:
+        yield other
+    finally:
+        await other.aclose()
+
+
+async def touch_concurrently(tracker: SessionTracker, tasks: int, per_task: int, burst: int) -> int:
+    """`tasks` request handlers each issuing `per_task` times, yielding to the loop every `burst`
+    issuances as a server does between requests. Returns the number of touches."""
+
+    async def handler() -> None:
+        for i in range(per_task):
+            tracker.touch_nowait()
+            if i % burst == burst - 1:
+                await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(handler)
+    return tasks * per_task
+
+
+def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+# -- the accounting invariant (issue 4 item 5) ----------------------------------------------------
+
+
+async def test_invariant_under_concurrent_load(store: SessionStore, clock: FakeClock) -> None:
+    """20 handlers touch 10,000 times through a 256-slot queue while flushes run, then shutdown.
+
+    1. Create the session; start the worker.
+    2. Touch concurrently (bursts overflow the queue, so some touches drop) while another task
+       asks for flushes five times.
+    3. Shut down: the record is expired and stored count + dropped == touches, exactly."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, queue_size=256)
+    touches = 0
+    async with running(tracker):
+        assert await tracker.start_session()
+
+        async def load() -> None:
+            nonlocal touches
+            touches = await touch_concurrently(tracker, tasks=20, per_task=500, burst=16)
+
+        async def flusher() -> None:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()  # let the handlers run a burst first
+                await tracker.flush()
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                tg.start_soon(flusher)
+            summary = await tracker.shutdown(5.0)
+
+    stats = tracker.statistics()
+    record = await store.get(template.id)
+    assert record.status is SessionStatus.EXPIRED
+    assert summary.expired
+    assert not summary.timed_out
+    assert stats.dropped > 0
+    assert stats.coalesced > 0
+    assert stats.flush_calls >= 3
+    assert summary.unflushed == summary.discarded == 0
+    assert record.request_count + summary.dropped == touches == 10_000
+    assert stats.queued == stats.flushed == record.request_count
+
+
+# -- a slow or dead store never blocks the hot path or the draining ----------------------------------
+
+
+@sqlite_only
+async def test_slow_store_never_stops_the_draining(store: SessionStore, clock: FakeClock) -> None:
+    """The store takes 2 s per call; the queue keeps emptying while a flush is in flight.
+
+    1. Create the session, then make every store call sleep 2 s.
+    2. Touch 50 times; wait until the worker's flush of them is inside the store.
+    3. Touch 1,000 more from 10 handlers; wait until the queue is empty.
+    4. The first flush is still in flight and all 1,050 events are pending: draining went on.
+    5. Heal, flush, shut down: the record holds every touch."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = make_tracker(faulty, template, clock)
+    async with running(tracker):
+        assert await tracker.start_session()
+        faulty.slow(2.0)
+        for _ in range(50):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await faulty.wait_started("touch", 1)
+        touches = 50 + await touch_concurrently(tracker, tasks=10, per_task=100, burst=10)
+        with anyio.fail_after(WAIT):
+            await tracker.wait_drained()
+        stats = tracker.statistics()
+        assert stats.flush_in_flight
+        assert faulty.finished["touch"] == 0
+        assert stats.queue_depth == 0
+        assert stats.dropped == 0
+        assert stats.pending == touches
+        faulty.heal()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+            summary = await tracker.shutdown(5.0)
+    record = await store.get(template.id)
+    assert record.request_count == touches
+    assert summary.expired
+    assert summary.flushed == touches
+
+
+@sqlite_only
+async def test_store_down_for_the_whole_run(
+    store: SessionStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store fails every call from startup on, then comes back.
+
+    1. Startup cannot create the session: one warning, serving goes on.
+    2. 1,000 touches all succeed; creation is retried in the background (several failures).
+    3. The store heals: the session is created with every count; shutdown expires it.
+    4. One "failing" warning in all, not one per attempt."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    faulty.fail()
+    tracker = make_tracker(faulty, template, clock)
+    assert not await tracker.start_session()
+    async with running(tracker):
+        touches = await touch_concurrently(tracker, tasks=10, per_task=100, burst=10)
+        with anyio.fail_after(WAIT):
+            await faulty.wait_failed("find_active_by_server_instance", 4)
+        stats = tracker.statistics()
+        assert stats.degraded
+        assert not stats.session_created
+        assert stats.flush_failures >= 4
+        assert stats.pending + stats.queue_depth == touches
+        faulty.heal()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+            summary = await tracker.shutdown(5.0)
+    record = await store.get(template.id)
+    assert record.request_count + summary.dropped == touches
+    assert record.status is SessionStatus.EXPIRED
+    assert summary.expired
+    assert len(warnings_with(caplog, "failing")) == 1
+    assert not tracker.statistics().degraded
+
+
+@pytest.mark.slow
+async def test_moto_outage_then_recovery(
+    aws_endpoint: str, moto_server: MotoServer, clock: FakeClock
+) -> None:
+    """The real DynamoDB endpoint (moto server) goes away and comes back empty.
+
+    1. Create the session on a fresh table; touch and flush 100 events.
+    2. Stop moto: touches keep succeeding, flushes fail (the tracker is degraded).
+    3. moto restarts empty; the test recreates the table (what an operator would do).
+    4. The tracker recreates its record with every count, and shutdown expires it."""
+    from sentinel.sessions.dynamodb import DynamoDBSessionStore, create_session_table
+
+    table = f"sentinel-tracker-{uuid.uuid4().hex[:12]}"
+    await create_session_table(table, region=REGION)
+    inner = await DynamoDBSessionStore.open(table, region=REGION, clock=clock)
+    observed = FaultyStore(inner)  # no faults: it only counts the real store's outcomes
+    template = make_template(clock)
+    tracker = make_tracker(observed, template, clock)
+    try:
+        async with running(tracker):
+            assert await tracker.start_session()
+            touches = await touch_concurrently(tracker, tasks=5, per_task=20, burst=5)
+            with anyio.fail_after(WAIT):
+                await tracker.flush()
+            with moto_server.down():
+                touches += await touch_concurrently(tracker, tasks=5, per_task=20, burst=5)
+                tracker.flush_nowait()
+                with anyio.fail_after(30):
+                    await observed.wait_failed("touch", 1)
+                assert tracker.statistics().degraded
+            await create_session_table(table, region=REGION)
+            with anyio.fail_after(30):
+                await tracker.flush()
+                summary = await tracker.shutdown(10.0)
+        record = await inner.get(template.id)
+    finally:
+        await inner.aclose()
+    assert record.request_count + summary.dropped == touches == 200
+    assert record.status is SessionStatus.EXPIRED
+    assert summary.expired
+    assert observed.finished["create"] >= 2  # created at startup, recreated after the outage
+
+
+# -- overflow --------------------------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_overflow_drops_counts_and_warns_once_per_interval(
+    store: SessionStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 4-slot queue and no worker yet: every touch past 4 is dropped and counted.
+
+    1. 10 touches: 4 queued, 6 dropped, one warning.
+    2. 10 more within the same 10 s: 16 dropped, still one warning.
+    3. The clock moves 10 s; one more touch: 17 dropped, a second warning with that count.
+    4. The worker runs and shuts down: stored 4 + dropped 17 == 21 touches."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, queue_size=4)
+    for _ in range(10):
+        tracker.touch_nowait()
+    stats = tracker.statistics()
+    assert (stats.queued, stats.dropped, stats.queue_depth) == (4, 6, 4)
+    assert len(warnings_with(caplog, "dropped")) == 1
+    for _ in range(10):
+        tracker.touch_nowait()
+    assert tracker.statistics().dropped == 16
+    assert len(warnings_with(caplog, "dropped")) == 1
+    clock.advance(10.0)
+    tracker.touch_nowait()
+    drops = warnings_with(caplog, "dropped")
+    assert len(drops) == 2
+    assert "17 touch events dropped" in drops[1]
+    async with running(tracker):
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+    record = await store.get(template.id)
+    assert record.request_count == 4
+    assert record.request_count + summary.dropped == 21
+
+
+# -- revocation (issue 4 items 2 and 3) ------------------------------------------------------------
+
+
+async def test_revocation_is_seen_in_a_flush_result(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Another process revokes the session; the next flush's status carries the news.
+
+    1. Touch 3 times and flush. Polling is off in practice (one hour).
+    2. Revoke through a second client: the tracker cannot know yet.
+    3. Touch 5 more and flush: the store refuses them, `revoked` turns True without a poll.
+    4. Shutdown leaves the record revoked with the 3 counted requests."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, revocation_poll=3600)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        for _ in range(3):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+        await other.revoke(template.id, by="admin", reason="laptop lost")
+        assert not tracker.revoked
+        for _ in range(5):
+            tracker.touch_nowait()
+        tracker.flush_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_revoked()
+            summary = await tracker.shutdown(5.0)
+        record = await other.get(template.id)
+    stats = tracker.statistics()
+    assert stats.polls == 0
+    assert stats.ended is SessionStatus.REVOKED
+    assert summary.discarded == 5
+    assert not summary.expired
+    assert record.status is SessionStatus.REVOKED
+    assert record.request_count == 3
+    assert record.revoked_by == "admin"
+    assert tracker.revoked
+
+
+async def test_revocation_is_seen_by_the_idle_poll_and_never_undone(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """An idle server learns of a revocation by polling; nothing brings the session back.
+
+    1. Create the session; no touches. Revoke through a second client.
+    2. `revoked` turns True within the poll interval (bounded generously).
+    3. Delete the record, touch 3 times, flush: nothing is written or recreated.
+    4. Shutdown neither recreates nor expires it; `revoked` stays True."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, revocation_poll=0.05)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        await other.revoke(template.id, by="admin", reason="offboarding")
+        with anyio.fail_after(WAIT):
+            await tracker.wait_revoked()
+        assert tracker.statistics().polls >= 1
+        await other.delete(template.id)
+        for _ in range(3):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+        with pytest.raises(SessionNotFound):
+            await other.get(template.id)
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+        with pytest.raises(SessionNotFound):
+            await other.get(template.id)
+    assert tracker.revoked
+    assert not summary.expired
+    assert summary.discarded == 3
+    assert summary.unflushed == 0
+    assert tracker.statistics().flush_calls == 1  # the create at startup, nothing since
+
+
+@sqlite_only
+async def test_externally_expired_session_stops_serving(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Someone else marks the session expired: it is terminal, so the server stops serving.
+
+    The store refuses touches for it, so serving on would hand out credentials no record counts."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        await other.expire(template.id)
+        with anyio.fail_after(WAIT):
+            await tracker.wait_revoked()
+            summary = await tracker.shutdown(5.0)
+    assert tracker.statistics().ended is SessionStatus.EXPIRED
+    assert summary.expired  # the record ends expired, as it should after a shutdown
+    assert (await store.get(template.id)).status is SessionStatus.EXPIRED
+
+
+async def test_revoke_racing_heavy_touching(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """A revocation lands in the middle of heavy touching.
+
+    1. 10 handlers touch 4,000 times; meanwhile a task waits for one flush, then revokes
+       through a second client.
+    2. No exception anywhere; the record ends revoked, and every touch is either stored (before
+       the revocation), dropped on the queue, or discarded (the store refused it after)."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, queue_size=512)
+    touches = 0
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+
+        async def load() -> None:
+            nonlocal touches
+            touches = await touch_concurrently(tracker, tasks=10, per_task=400, burst=20)
+
+        async def revoker() -> None:
+            await tracker.flush()
+            await other.revoke(template.id, by="admin", reason="incident")
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                tg.start_soon(revoker)
+            summary = await tracker.shutdown(5.0)
+        record = await other.get(template.id)
+    assert record.status is SessionStatus.REVOKED
+    assert tracker.revoked
+    assert not summary.expired
+    assert summary.unflushed == 0
+    assert record.request_count + summary.dropped + summary.discarded == touches
+
+
+# -- shutdown (issue 4 item 4) ---------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_shutdown_with_a_hanging_store_returns_within_its_deadline(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """The store stops answering (calls hang); shutdown still returns within its budget.
+
+    1. Create the session, then make every call hang; touch 10 times and let a flush hang.
+    2. shutdown(0.5) returns (bounded generously), reporting the timeout and the 10 unflushed."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = make_tracker(faulty, template, clock)
+    async with running(tracker):
+        assert await tracker.start_session()
+        faulty.block()
+        for _ in range(10):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await faulty.wait_started("touch", 1)
+        with anyio.fail_after(0.5 + 2.0):
+            summary = await tracker.shutdown(0.5)
+    faulty.heal()
+    assert summary.timed_out
+    assert not summary.expired
+    assert summary.unflushed == 10
+    assert summary.flushed == 0
+    record = await store.get(template.id)
+    assert record.status is SessionStatus.ACTIVE
+    assert record.request_count == 0
+
+
+@sqlite_only
+async def test_touches_after_shutdown_are_dropped_and_counted(store: SessionStore, clock: FakeClock) -> None:
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock)
+    async with running(tracker):
+        tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+    tracker.touch_nowait()
+    assert (summary.flushed, summary.dropped) == (1, 0)
+    assert tracker.statistics().dropped == 1
+    assert await tracker.shutdown(5.0) is summary
+
+
+# -- a record that disappeared (issue 4 item 2) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("noticed_by", ["flush", "poll"])
+async def test_deleted_record_is_recreated_with_the_accumulated_counts(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock, noticed_by: str
+) -> None:
+    """The record is deleted while the session is active (an admin, or DynamoDB TTL).
+
+    1. Touch 5 times and flush; delete the record through a second client.
+    2. flush: touch 7 more; the flush's touch finds no record and recreates it.
+       poll: no touches; the idle poll finds no record and recreates it.
+    3. The recreated record holds everything this process counted."""
+    template = make_template(clock)
+    observed = FaultyStore(store)
+    tracker = make_tracker(observed, template, clock, revocation_poll=3600 if noticed_by == "flush" else 0.05)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        for _ in range(5):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+        await other.delete(template.id)
+        expected = 5
+        with anyio.fail_after(WAIT):
+            if noticed_by == "flush":
+                for _ in range(7):
+                    tracker.touch_nowait()
+                expected += 7
+                await tracker.flush()
+                assert observed.failed["touch"] == 1
+            else:
+                await observed.wait_finished("create", 2)
+        record = await other.get(template.id)
+        assert record.status is SessionStatus.ACTIVE
+        assert record.request_count == expected
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+    assert summary.expired
+    assert summary.flushed == expected
+    assert (await store.get(template.id)).request_count == expected
+
+
+# -- startup (issue 4 item 1) ----------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_startup_retries_creation_and_expires_stale_sessions(
+    store: SessionStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart of instance host-a while the store is failing.
+
+    1. The store holds two active sessions of host-a (left by a killed process), one of host-b.
+    2. The store fails: startup warns once and serves; 4 touches are kept; creation is retried.
+    3. The store heals: host-a's stale sessions are expired, host-b's is untouched, and our
+       session exists with the 4 touches."""
+    stale = [make_template(clock, "host-a") for _ in range(2)]
+    neighbour = make_template(clock, "host-b")
+    for session in [*stale, neighbour]:
+        await store.create(session)
+    template = make_template(clock, "host-a")
+    faulty = FaultyStore(store)
+    faulty.fail()
+    tracker = make_tracker(faulty, template, clock)
+    assert not await tracker.start_session()
+    assert len(warnings_with(caplog, "failing")) == 1
+    async with running(tracker):
+        for _ in range(4):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await faulty.wait_failed("find_active_by_server_instance", 3)
+        assert not tracker.statistics().session_created
+        faulty.heal()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_session_created()
+            await tracker.flush()
+        assert [(await store.get(s.id)).status for s in stale] == [SessionStatus.EXPIRED] * 2
+        assert (await store.get(neighbour.id)).status is SessionStatus.ACTIVE
+        assert (await store.get(template.id)).request_count == 4
+        assert tracker.statistics().stale_expired == 2
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+    assert len(warnings_with(caplog, "failing")) == 1
+
+
+@sqlite_only
+async def test_start_session_is_bounded_by_the_callers_deadline(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """A store that hangs cannot hold startup: the caller's cancel scope ends the attempt, and the
+    worker creates the session once the store answers again."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    faulty.block()
+    tracker = make_tracker(faulty, template, clock)
+    with anyio.move_on_after(0.1) as scope:
+        await tracker.start_session()
+    assert scope.cancelled_caught
+    assert not tracker.statistics().session_created
+    faulty.heal()
+    async with running(tracker):
+        with anyio.fail_after(WAIT):
+            await tracker.wait_session_created()
+            summary = await tracker.shutdown(5.0)
+    assert summary.expired
+
+
+# -- flushing policy and observation ---------------------------------------------------------------
+
+
+@sqlite_only
+async def test_first_touches_on_an_idle_server_are_flushed_after_the_interval(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """An idle worker waits for its next poll (an hour away here); the first touch must bring
+    the flush forward to the flush interval instead."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, revocation_poll=3600)
+    async with running(tracker):
+        assert await tracker.start_session()
+        tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_flushed()
+            await tracker.shutdown(5.0)
+    assert (await store.get(template.id)).request_count == 1
+
+
+@sqlite_only
+async def test_threshold_flushes_before_the_interval(store: SessionStore, clock: FakeClock) -> None:
+    """With a one-hour interval, reaching the event threshold (10) is what triggers the flush."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, flush_interval=3600, flush_threshold=10)
+    async with running(tracker):
+        assert await tracker.start_session()
+        for _ in range(9):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_drained()
+        assert tracker.statistics().pending == 9
+        tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_flushed()
+            await tracker.shutdown(5.0)
+    assert (await store.get(template.id)).request_count == 10
+
+
+@sqlite_only
+async def test_statistics_are_exported_as_metrics(store: SessionStore, clock: FakeClock) -> None:
+    registry = Registry()
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, registry=registry)
+    async with running(tracker):
+        assert await tracker.start_session()
+        for _ in range(3):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+        text = registry.render()
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+    assert "sentinel_session_touch_queued_total 3" in text
+    assert "sentinel_session_touch_flushed_total 3" in text
+    assert "sentinel_session_touch_dropped_total 0" in text
+    assert "sentinel_session_created 1" in text
+    assert "sentinel_session_revoked 0" in text
+
+
+@sqlite_only
+async def test_null_tracker_does_nothing(store: SessionStore, clock: FakeClock) -> None:
+    """Tracking off: the daemon holds a `Tracker` either way (checked by mypy here)."""
+    real: Tracker = make_tracker(store, make_template(clock), clock)
+    tracker: Tracker = NullTracker()
+    assert type(real) is not type(tracker)
+    tracker.touch_nowait()
+    async with anyio.create_task_group() as tg:
+        await tg.start(tracker.run)
+    assert not tracker.revoked
+    assert not await tracker.start_session()
+    assert (await tracker.shutdown(1.0)).flushed == 0
+    assert tracker.statistics().queued == 0
+
+
+def test_backoff_grows_is_capped_and_jittered_within_half() -> None:
+    backoff = Backoff(initial=0.5, maximum=30.0)
+    assert [backoff.ceiling(n) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff.ceiling(10_000) == 30.0
+    assert backoff.delay(3, uniform=lambda: 0.0) == 2.0
+    assert backoff.delay(3, uniform=lambda: 0.999) == pytest.approx(4.0, rel=1e-3)
+    with pytest.raises(ValueError, match="initial"):
+        Backoff(initial=2.0, maximum=1.0)
+
+
+def test_throttle_lets_one_through_per_interval() -> None:
+    throttle = Throttle(10.0)
+    assert [throttle.allow(t) for t in (0.0, 5.0, 9.99, 10.0, 15.0)] == [True, False, False, True, False]
+    throttle.reset()
+    assert throttle.allow(15.0)

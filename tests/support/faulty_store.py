@@ -1,0 +1,149 @@
+"""A fault-injecting wrapper around a real `SessionStore` (issue 4 item 6).
+
+Every call goes to the wrapped store unless a fault is switched on: `slow()` adds latency before
+the call, `fail()` raises `StoreUnavailable` instead of calling, `block()` holds calls until
+`heal()`. It also counts calls started and finished per operation, and lets a test wait for a count
+instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, TypeVar
+
+import anyio
+
+from sentinel.sessions.errors import StoreUnavailable
+from sentinel.sessions.model import ServerSession, SessionStatus
+from sentinel.sessions.store import SessionStore
+from sentinel.sessions.tracking import Broadcast
+
+T = TypeVar("T")
+FaultKind = Literal["slow", "fail", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    operations: frozenset[str] | None  # None: every operation
+    seconds: float = 0.0
+
+    def applies_to(self, operation: str) -> bool:
+        return self.operations is None or operation in self.operations
+
+
+class FaultyStore:
+    """`SessionStore` that forwards to `inner`, with faults switched on and off by the test."""
+
+    def __init__(self, inner: SessionStore) -> None:
+        self.inner = inner
+        self.started: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()  # returned or raised, injected faults included
+        self.failed: Counter[str] = Counter()  # raised (injected or from the real store)
+        self._fault: Fault | None = None
+        self._release = anyio.Event()
+        self._changed = Broadcast()
+
+    # -- switching faults ------------------------------------------------------------------------
+
+    def slow(self, seconds: float, *operations: str) -> None:
+        """Sleep `seconds` before each call (of `operations`, or all)."""
+        self._fault = Fault("slow", _ops(operations), seconds)
+
+    def fail(self, *operations: str) -> None:
+        """Raise `StoreUnavailable` instead of calling the store."""
+        self._fault = Fault("fail", _ops(operations))
+
+    def block(self, *operations: str) -> None:
+        """Hold calls until `heal()` (a store that accepts connections and never answers)."""
+        self._release = anyio.Event()
+        self._fault = Fault("block", _ops(operations))
+
+    def heal(self) -> None:
+        """No more faults; blocked calls go through. A call already sleeping finishes its sleep."""
+        self._fault = None
+        self._release.set()
+
+    # -- observing -------------------------------------------------------------------------------
+
+    async def wait_started(self, operation: str, count: int) -> None:
+        await self._changed.wait_until(lambda: self.started[operation] >= count)
+
+    async def wait_finished(self, operation: str, count: int) -> None:
+        await self._changed.wait_until(lambda: self.finished[operation] >= count)
+
+    async def wait_failed(self, operation: str, count: int) -> None:
+        await self._changed.wait_until(lambda: self.failed[operation] >= count)
+
+    # -- SessionStore ----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"faulty {self.inner.name}"
+
+    async def create(self, session: ServerSession) -> None:
+        await self._call("create", lambda: self.inner.create(session))
+
+    async def get(self, session_id: str) -> ServerSession:
+        return await self._call("get", lambda: self.inner.get(session_id))
+
+    async def update(self, session: ServerSession) -> ServerSession:
+        return await self._call("update", lambda: self.inner.update(session))
+
+    async def delete(self, session_id: str) -> None:
+        await self._call("delete", lambda: self.inner.delete(session_id))
+
+    async def list_by_user(self, user: str, limit: int | None = None) -> list[ServerSession]:
+        return await self._call("list_by_user", lambda: self.inner.list_by_user(user, limit))
+
+    async def list_by_status(self, status: SessionStatus, limit: int | None = None) -> list[ServerSession]:
+        return await self._call("list_by_status", lambda: self.inner.list_by_status(status, limit))
+
+    async def list_by_profile(self, profile: str, limit: int | None = None) -> list[ServerSession]:
+        return await self._call("list_by_profile", lambda: self.inner.list_by_profile(profile, limit))
+
+    async def find_active_by_server_instance(self, server_instance_id: str) -> list[ServerSession]:
+        return await self._call(
+            "find_active_by_server_instance",
+            lambda: self.inner.find_active_by_server_instance(server_instance_id),
+        )
+
+    async def touch(self, session_id: str, count: int, last_access_at: datetime) -> SessionStatus:
+        return await self._call("touch", lambda: self.inner.touch(session_id, count, last_access_at))
+
+    async def revoke(self, session_id: str, by: str, reason: str) -> ServerSession:
+        return await self._call("revoke", lambda: self.inner.revoke(session_id, by, reason))
+
+    async def expire(self, session_id: str) -> ServerSession:
+        return await self._call("expire", lambda: self.inner.expire(session_id))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        self.started[operation] += 1
+        self._changed.notify()
+        try:
+            fault = self._fault
+            if fault is not None and fault.applies_to(operation):
+                if fault.kind == "slow":
+                    await anyio.sleep(fault.seconds)
+                elif fault.kind == "block":
+                    await self._release.wait()
+                else:
+                    raise StoreUnavailable(self.name, operation, "injected fault: store unavailable")
+            return await call()
+        except Exception:
+            self.failed[operation] += 1
+            raise
+        finally:
+            self.finished[operation] += 1
+            self._changed.notify()
+
+
+def _ops(operations: Iterable[str]) -> frozenset[str] | None:
+    chosen = frozenset(operations)
+    return chosen or None
