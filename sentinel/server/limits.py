@@ -1,0 +1,81 @@
+"""What the endpoint accepts: request limits, timeouts, and the loopback-only bind address.
+
+The listener serves credentials to anything that can reach it, so where it binds is a security
+boundary (issue 3): only loopback, checked before any socket exists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from sentinel.errors import ConfigError
+
+
+class ServerConfigError(ConfigError):
+    """The endpoint was asked for something it refuses (a non-loopback bind, a bad limit or token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Bounds on what one connection and the whole listener may cost us.
+
+    `max_header_bytes` covers the request line and all header lines. The timeouts are enforced by
+    a coarse sweep (see `listener.py`), so a connection closes between `timeout` and
+    `timeout + 2 * sweep_interval` after the event that started it.
+    """
+
+    max_header_bytes: int = 8192
+    max_headers: int = 64
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 1024
+    write_high_water: int = 64 * 1024
+    write_low_water: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_header_bytes < 256:
+            raise ServerConfigError("max_header_bytes must be at least 256")
+        if self.max_headers < 1:
+            raise ServerConfigError("max_headers must be at least 1")
+        if not (self.header_timeout > 0 and self.idle_timeout > 0):
+            raise ServerConfigError("header_timeout and idle_timeout must be positive")
+        if self.max_connections < 1:
+            raise ServerConfigError("max_connections must be at least 1")
+        if not 0 <= self.write_low_water < self.write_high_water:
+            raise ServerConfigError("write_low_water must be below write_high_water")
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often idle and header deadlines are checked: a quarter of the shorter timeout, ≤ 1 s."""
+        return min(1.0, max(0.01, min(self.header_timeout, self.idle_timeout) / 4))
+
+
+def loopback_bind_address(host: str) -> str:
+    """Return the literal address to bind for `host`; anything but loopback is a `ServerConfigError`.
+
+    "localhost" binds 127.0.0.1 rather than whatever a resolver says it means: a hosts file that
+    maps it elsewhere must not move the listener off loopback.
+    """
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ServerConfigError("listen host must be a loopback address literal or 'localhost'") from None
+    if not address.is_loopback:
+        raise ServerConfigError("listen host must be a loopback address (127.0.0.0/8 or ::1)")
+    return str(address)
+
+
+def validate_token(token: str) -> bytes:
+    """Return the token as the bytes compared against `Authorization`; reject unusable tokens.
+
+    The message never includes the token. Surrounding whitespace is refused because HTTP strips
+    it from header values, so such a token could never match.
+    """
+    if not token:
+        raise ServerConfigError("authorization token must not be empty")
+    if not (token.isascii() and token.isprintable()) or token != token.strip():
+        raise ServerConfigError("authorization token must be printable ASCII without surrounding whitespace")
+    return token.encode("ascii")
