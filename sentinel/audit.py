@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.errors import ConfigError
 from sentinel.metrics import Registry
+from sentinel.ratelimit import Throttle
 
 __all__ = [
     "DecisionEntry",
@@ -137,19 +138,17 @@ class DecisionLog(Protocol):
 class _Throttle:
     """Logs a warning at most once per interval and says how many it held back in between."""
 
-    __slots__ = ("_clock", "_next", "_suppressed")
+    __slots__ = ("_clock", "_suppressed", "_window")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._next = float("-inf")
+        self._window = Throttle(WARNING_INTERVAL)
         self._suppressed = 0
 
     def warning(self, message: str, *args: object) -> None:
-        now = self._clock.monotonic()
-        if now < self._next:
+        if not self._window.allow(self._clock.monotonic()):
             self._suppressed += 1
             return
-        self._next = now + WARNING_INTERVAL
         if self._suppressed:
             message += " (%d similar warnings suppressed)"
             args = (*args, self._suppressed)

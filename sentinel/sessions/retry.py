@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sentinel.ratelimit import Throttle
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -39,30 +41,6 @@ class Backoff:
         """A delay in `[ceiling / 2, ceiling]`; `uniform` returns a float in `[0, 1)`."""
         ceiling = self.ceiling(attempt)
         return ceiling / 2 + uniform() * ceiling / 2
-
-
-class Throttle:
-    """Lets an action through at most once per `interval` seconds of a monotonic clock.
-
-    Used for warnings that could otherwise fire on every touch or every retry (issue 4: the drop
-    warning at most once per 10 s, store failures at most once per minute)."""
-
-    __slots__ = ("_interval", "_next")
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._next = float("-inf")
-
-    def allow(self, now: float) -> bool:
-        """True (and the window restarts) if the last allowed call is at least `interval` ago."""
-        if now < self._next:
-            return False
-        self._next = now + self._interval
-        return True
-
-    def reset(self) -> None:
-        """Let the next call through regardless of the window (a state change is always news)."""
-        self._next = float("-inf")
 
 
 class RetryState:

@@ -20,11 +20,12 @@ from anyio.abc import TaskStatus
 
 from sentinel.clock import SYSTEM_CLOCK, Clock, SystemClock
 from sentinel.metrics import Registry
+from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound, SessionStoreError
 from sentinel.sessions.model import DEFAULT_RETENTION, Retention, ServerSession, SessionStatus
 from sentinel.sessions.pending import Pending, PendingBuffer
 from sentinel.sessions.recorder import SessionRecorder
-from sentinel.sessions.retry import Backoff, RetryState, Throttle
+from sentinel.sessions.retry import Backoff, RetryState
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracking import (
     Broadcast,

@@ -18,9 +18,10 @@ import anyio.lowlevel
 import pytest
 
 from sentinel.metrics import Registry
+from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
-from sentinel.sessions.retry import Backoff, Throttle
+from sentinel.sessions.retry import Backoff
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
 from tests.conftest import REGION
