@@ -77,12 +77,21 @@ async def get_session(store: SessionStore, session_id: str) -> ServerSession:
     return await store.get(validate_session_id(session_id))
 
 
-async def revoke_session(store: SessionStore, session_id: str, reason: str, by: str) -> ServerSession:
-    """Revoke one session; the server serving it answers 403 within its revocation poll."""
+def revocation_arguments(session_id: str, reason: str) -> tuple[str, str]:
+    """The id, checked, and the reason with its whitespace folded; refuses an empty reason.
+
+    Checked before the store is opened or the caller's identity looked up, so a typo costs no
+    AWS call and creates no database file."""
     validate_session_id(session_id)
     reason = " ".join(reason.split())
     if not reason:
         raise UsageError("server-revoke: --reason must not be empty")
+    return session_id, reason
+
+
+async def revoke_session(store: SessionStore, session_id: str, reason: str, by: str) -> ServerSession:
+    """Revoke one session; the server serving it answers 403 within its revocation poll."""
+    session_id, reason = revocation_arguments(session_id, reason)
     return await store.revoke(session_id, by, reason)
 
 

@@ -42,6 +42,14 @@ class NestedExec(SentinelError):
     """`sentinel exec` run from inside a `sentinel exec` child."""
 
 
+class CommandNotFound(SentinelError):
+    """The child's command does not exist (exit 127, as shells report it)."""
+
+
+class CommandNotExecutable(SentinelError):
+    """The child's command exists but cannot be run (exit 126, as shells report it)."""
+
+
 def refuse_nested(environ: Mapping[str, str] = os.environ) -> None:
     if environ.get(MARKER):
         raise NestedExec(
@@ -72,21 +80,28 @@ def exit_code(returncode: int) -> int:
 
 async def run_child(argv: list[str], env: dict[str, str]) -> int:
     """Run the child to completion, forwarding SIGINT, SIGTERM and SIGHUP to it."""
-    try:
-        process = await asyncio.create_subprocess_exec(*argv, env=env)
-    except FileNotFoundError:
-        raise SentinelError(f"exec: command not found: {argv[0]}") from None
-    except PermissionError:
-        raise SentinelError(f"exec: permission denied: {argv[0]}") from None
     loop = asyncio.get_running_loop()
+    process: asyncio.subprocess.Process | None = None
+    early: list[int] = []
 
     def forward(signum: int) -> None:
-        if process.returncode is None:
+        if process is None:
+            early.append(signum)  # arrived while the child was being started
+        elif process.returncode is None:
             process.send_signal(signum)
 
+    # Installed before the child exists: a signal in between must not kill us and orphan it.
     for signum in FORWARDED_SIGNALS:
         loop.add_signal_handler(signum, forward, signum)
     try:
+        try:
+            process = await asyncio.create_subprocess_exec(*argv, env=env)
+        except FileNotFoundError:
+            raise CommandNotFound(f"exec: command not found: {argv[0]}") from None
+        except PermissionError:
+            raise CommandNotExecutable(f"exec: permission denied: {argv[0]}") from None
+        for queued in early:
+            forward(queued)
         return exit_code(await process.wait())
     finally:
         for signum in FORWARDED_SIGNALS:

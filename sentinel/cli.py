@@ -16,11 +16,18 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import orjson
 
-from sentinel import __version__
+from sentinel import __version__, logs
+from sentinel.child import CommandNotExecutable, CommandNotFound
 from sentinel.config import OPTIONS, ServerConfig, build_config
 from sentinel.errors import ConfigError, CredentialError, PolicyError, SentinelError
 from sentinel.sessions.errors import InvalidTransition, SessionNotFound, StoreUnavailable
-from sentinel.sessions.model import InvalidSessionId, ServerSession, SessionStatus, format_timestamp
+from sentinel.sessions.model import (
+    InvalidSessionId,
+    ServerSession,
+    SessionStatus,
+    format_timestamp,
+    validate_session_id,
+)
 
 T = TypeVar("T")
 
@@ -30,6 +37,8 @@ EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure logs it as a configuration problem
+EXIT_NOT_EXECUTABLE = 126  # exec: what shells and env(1) return for a command that cannot run
+EXIT_COMMAND_NOT_FOUND = 127
 
 STORE_FIELDS = ("session_table", "session_db", "region")
 SERVER_FIELDS = tuple(option.field for option in OPTIONS)
@@ -47,6 +56,10 @@ def exit_code_for(error: SentinelError) -> int:
         return EXIT_CONFLICT
     if isinstance(error, StoreUnavailable | CredentialError):
         return EXIT_UNAVAILABLE
+    if isinstance(error, CommandNotFound):
+        return EXIT_COMMAND_NOT_FOUND
+    if isinstance(error, CommandNotExecutable):
+        return EXIT_NOT_EXECUTABLE
     from sentinel.admin import UsageError
 
     if isinstance(error, UsageError):
@@ -202,6 +215,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
     from sentinel import admin
 
     config = _config(args, STORE_FIELDS)
+    validate_session_id(args.session_id)  # before the store: a typo creates no database file
 
     async def work() -> ServerSession:
         async with admin.store_for(config) as store:
@@ -219,11 +233,12 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     from sentinel import admin
 
     config = _config(args, STORE_FIELDS)
+    session_id, reason = admin.revocation_arguments(args.session_id, args.reason)
 
     async def work() -> ServerSession:
         async with admin.store_for(config) as store:
             by = await admin.revoker_identity(config)
-            return await admin.revoke_session(store, args.session_id, args.reason, by)
+            return await admin.revoke_session(store, session_id, reason, by)
 
     session = _run(work)
     if args.json:
@@ -250,21 +265,24 @@ def _cmd_create_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args, SERVER_FIELDS)
+    args.error_format = config.log_format
+    # Imported after the configuration is valid: a typo is reported without loading the AWS SDK.
     from sentinel import daemon
 
-    config = _config(args, SERVER_FIELDS)
     return daemon.serve(config)
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
-    from sentinel import daemon
-
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise ConfigError("exec: give the command to run after --")
     config = _config(args, SERVER_FIELDS)
+    args.error_format = config.log_format
+    from sentinel import daemon
+
     return daemon.exec_command(config, argv, server=args.server)
 
 
@@ -275,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except SentinelError as error:
-        sys.stderr.write(f"sentinel: {error}\n")
+        sys.stderr.write(logs.error_line(str(error), getattr(args, "error_format", "text")) + "\n")
         return exit_code_for(error)
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ whose message names the option and the source, on one line (the CLI maps it to e
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -28,19 +29,22 @@ _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-/]{1,2048}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
 _PROFILE = re.compile(r"[\w+=,.@:/-]{1,128}")
+# One year: far above any interval or lifetime Sentinel accepts, far below timedelta's limit.
+_MAX_DURATION_SECONDS = 365 * 24 * 3600.0
 
 
 def parse_duration(text: str | int | float) -> timedelta:
     """`900`, `900s`, `15m`, `1h`, `1h30m` -> timedelta. Raises ValueError with a short reason."""
-    if isinstance(text, bool):
-        raise ValueError("expected a duration such as 15m or 1h")
-    if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError("must not be negative")
-        return timedelta(seconds=text)
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 900, 15m, 1h, 1h30m)")
+        return _bounded(text)
+    if not isinstance(text, str):
+        # TOML can hand us a bool, list or table here; say so instead of failing on .strip().
+        raise ValueError(f"expected a duration such as 15m or 1h, not {type(text).__name__}")
     value = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", value):
-        return timedelta(seconds=float(value))
+        return _bounded(float(value))
     total = 0
     position = 0
     for match in _DURATION_PART.finditer(value):
@@ -51,7 +55,14 @@ def parse_duration(text: str | int | float) -> timedelta:
         position = match.end()
     if position != len(value) or not value:
         raise ValueError(f"{text!r} is not a duration (use e.g. 900, 15m, 1h, 1h30m)")
-    return timedelta(seconds=total)
+    return _bounded(total)
+
+
+def _bounded(seconds: float) -> timedelta:
+    # timedelta overflows (OverflowError, not ValueError) far beyond any sensible setting.
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ValueError(f"{seconds:g} seconds is too long (at most {_MAX_DURATION_SECONDS:g})")
+    return timedelta(seconds=seconds)
 
 
 def _seconds(text: Any) -> float:
@@ -64,11 +75,11 @@ def _duration(text: Any) -> timedelta:
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected a whole number")
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{value!r} is not a whole number")
         try:
             number = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{value!r} is not a whole number") from None
         if not low <= number <= high:
             raise ValueError(f"{number} is out of range {low}..{high}")
@@ -90,6 +101,8 @@ def _bool(value: Any) -> bool:
 
 def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"expected a {what}, not {type(value).__name__}")
         text = str(value)
         if regex.fullmatch(text) is None:
             raise ValueError(f"{text[:80]!r} is not a valid {what}")
@@ -99,28 +112,28 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[Any], str]:
 
 
 def _path(value: Any) -> Path:
-    text = str(value)
-    if not text or "\x00" in text:
+    if not isinstance(value, str | Path) or not str(value) or "\x00" in str(value):
         raise ValueError("expected a file path")
-    return Path(text).expanduser()
+    return Path(value).expanduser()
 
 
 def _log_format(value: Any) -> str:
-    text = str(value).lower()
+    text = value.lower() if isinstance(value, str) else repr(value)
     if text not in {"text", "json"}:
         raise ValueError(f"{value!r} must be text or json")
     return text
 
 
 def _decision_log(value: Any) -> str:
-    text = str(value)
-    if not text or "\x00" in text:
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise ValueError("expected a file path or -")
-    return text
+    return value
 
 
 def check_loopback_host(host: str) -> str:
     """The listener binds loopback only (DESIGN.md §6): refuse anything else before binding."""
+    if not isinstance(host, str):
+        raise ValueError(f"expected a loopback address, not {type(host).__name__}")
     if host == "localhost":
         return host
     try:

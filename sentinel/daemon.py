@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 
 from sentinel import child, logs
@@ -25,6 +26,7 @@ from sentinel.audit import DecisionLog, open_decision_log
 from sentinel.clock import SYSTEM_CLOCK
 from sentinel.config import ServerConfig, default_token_file
 from sentinel.credentials import (
+    AwsContext,
     CredentialCache,
     StsRoleAssumer,
     open_aws,
@@ -33,6 +35,7 @@ from sentinel.credentials import (
     source_identity,
 )
 from sentinel.errors import ConfigError, CredentialError, SentinelError
+from sentinel.files import write_env_file, write_secret_file
 from sentinel.metrics import Registry
 from sentinel.pipeline import Identity, Pipeline
 from sentinel.policy import FilePolicySource, Mode, PolicySource, PolicyWatcher, SsmPolicySource
@@ -107,6 +110,8 @@ class Running:
     audit: DecisionLog
     session: ServerSession
     token: str
+    region: str | None  # the profile's (or --region's): the child cannot read the config file
+    background: TaskGroup  # the tracker, watcher, decision log (and watchdog) tasks
 
     @property
     def listener(self) -> Server:
@@ -131,13 +136,20 @@ async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWat
 
 
 async def _open_tracker(
-    config: ServerConfig, stack: AsyncExitStack, template: ServerSession, registry: Registry
+    config: ServerConfig,
+    stack: AsyncExitStack,
+    template: ServerSession,
+    registry: Registry,
+    aws: AwsContext,
 ) -> Tracker:
     if config.no_session_tracking:
         return NullTracker()
     try:
         store = await open_store(
-            session_table=config.session_table, session_db=config.session_db, region=config.region
+            session_table=config.session_table,
+            session_db=config.session_db,
+            region=aws.plan.region,
+            session=aws.session,
         )
     except SessionStoreError as exc:
         # Best-effort tracking: a store we cannot even open must not stop credential serving.
@@ -160,10 +172,13 @@ async def _shielded(close: object) -> None:
 
 
 @asynccontextmanager
-async def _started(
-    config: ServerConfig, mode: Mode, tg: TaskGroup, *, listen: bool = True
-) -> AsyncIterator[Running]:
-    """Startup (DESIGN.md §5) up to a bound, ready listener; the exit stack closes it all."""
+async def _started(config: ServerConfig, mode: Mode, *, listen: bool = True) -> AsyncIterator[Running]:
+    """Startup (DESIGN.md §5) up to a bound, ready listener; the exit stack closes it all.
+
+    The background tasks live in a task group inside the exit stack: they are cancelled when the
+    caller's block ends (after its `_shutdown`), and only then are clients and the store closed.
+    A task group around this block instead, cancelled from inside it, made every checkpoint of
+    the closing raise Cancelled, which cut it short and replaced any exception in flight."""
     registry = Registry()
     async with AsyncExitStack() as stack:
         watcher = await _open_policy(config, stack)
@@ -194,7 +209,7 @@ async def _started(
             server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
             source_identity=identity.source_identity,
         )
-        tracker = await _open_tracker(config, stack, template, registry)
+        tracker = await _open_tracker(config, stack, template, registry, aws)
         audit = open_decision_log(config.decision_log, registry=registry)
         pipeline = Pipeline(
             identity=identity,
@@ -214,21 +229,27 @@ async def _started(
             server = await start_server(
                 pipeline, token=token, host=config.host, port=config.port, metrics=registry
             )
-        await tg.start(tracker.run)
-        await tg.start(watcher.run)
-        await tg.start(audit.run)
-        # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
-        with anyio.move_on_after(max(config.shutdown_timeout, 1)):
-            await tracker.start_session()
-        _log.info(
-            "session %s for %s (profile %s, role %s) on %s",
-            session_id,
-            caller.user,
-            profile,
-            aws.role_arn,
-            server.url if server else "no listener",
-        )
-        yield Running(server, pipeline, tracker, watcher, audit, template, token)
+        async with anyio.create_task_group() as background:
+            await background.start(tracker.run)
+            await background.start(watcher.run)
+            await background.start(audit.run)
+            # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
+            with anyio.move_on_after(max(config.shutdown_timeout, 1)):
+                await tracker.start_session()
+            _log.info(
+                "session %s for %s (profile %s, role %s) on %s",
+                session_id,
+                caller.user,
+                profile,
+                aws.role_arn,
+                server.url if server else "no listener",
+            )
+            try:
+                yield Running(
+                    server, pipeline, tracker, watcher, audit, template, token, aws.plan.region, background
+                )
+            finally:
+                background.cancel_scope.cancel()
 
 
 async def _prefetch(pipeline: Pipeline) -> None:
@@ -257,71 +278,66 @@ async def _shutdown(config: ServerConfig, running: Running, notifier: SystemdNot
 
 
 async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
-    token_file = config.token_file or default_token_file()
-    async with anyio.create_task_group() as tg, _started(config, Mode.SERVER, tg) as running:
-        write_secret_file(token_file, running.token)
-        if config.env_file:
-            write_env_file(config.env_file, running.listener.url, token_file)
-        notifier.status(
-            f"serving on port {running.listener.port}; session {running.session.id}; "
-            f"profile {running.session.profile}"
-        )
-        notifier.ready()
-        tg.start_soon(watchdog_loop, notifier)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum != signal.SIGHUP:
-                    _log.info("received %s: shutting down", signal.Signals(signum).name)
-                    break
-                await _reload(running, notifier)
-        await _shutdown(config, running, notifier)
-        tg.cancel_scope.cancel()
+    # Absolute: the env file is read by other units, whose working directory is not ours.
+    token_file = (config.token_file or default_token_file()).absolute()
+    async with _started(config, Mode.SERVER) as running:
+        try:
+            # Handlers first: systemd may send SIGHUP (reload) or SIGTERM the moment it hears
+            # READY=1, and the default action of both is to kill the process.
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                _write_workload_files(config, running, token_file)
+                notifier.status(
+                    f"serving on port {running.listener.port}; session {running.session.id}; "
+                    f"profile {running.session.profile}"
+                )
+                notifier.ready()
+                running.background.start_soon(watchdog_loop, notifier)
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        _log.info("received %s: shutting down", signal.Signals(signum).name)
+                        break
+                    await _reload(running, notifier)
+        finally:
+            # Also when a step above failed: the session was created and must not stay active.
+            await _shutdown(config, running, notifier)
     return 0
+
+
+def _write_workload_files(config: ServerConfig, running: Running, token_file: Path) -> None:
+    """The token file, and the env file if asked for; an unwritable path is a one-line error."""
+    try:
+        write_secret_file(token_file, running.token)
+    except OSError as exc:
+        raise ConfigError(f"--token-file {token_file}: cannot write ({exc.strerror or exc})") from None
+    if config.env_file:
+        try:
+            write_env_file(config.env_file, running.listener.url, token_file)
+        except OSError as exc:
+            raise ConfigError(f"--env-file {config.env_file}: cannot write ({exc.strerror or exc})") from None
 
 
 async def _reload(running: Running, notifier: SystemdNotifier) -> None:
     """SIGHUP: re-read the policy now (a bad one keeps the old) and reopen the decision log."""
     notifier.reloading()
-    running.watcher.request_reload()
+    # reload() itself, not request_reload(): it waits for a background refresh in progress and
+    # then reads the source again, so READY=1 means the file as it was at the signal is applied.
+    ok = False
     with anyio.move_on_after(30):
-        await running.watcher.wait_reloaded()
+        ok = await running.watcher.reload()
     running.audit.reopen()
+    _log.info("reload on SIGHUP: %s", "policy current" if ok else "kept the previous policy")
     notifier.ready()
-
-
-def write_secret_file(path: Path, secret: str) -> None:
-    """Write `secret` with mode 0600 and no trailing newline, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, secret.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-
-
-def write_env_file(path: Path, url: str, token_file: Path) -> None:
-    """An `EnvironmentFile=` for workload units: where Sentinel is and where its token is."""
-    text = f"AWS_CONTAINER_CREDENTIALS_FULL_URI={url}\nAWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={token_file}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.chmod(temporary, 0o644)  # no secret in it: the token stays in the 0600 token file
-    os.replace(temporary, path)
 
 
 # -- exec ---------------------------------------------------------------------------------------
 
 
 async def _exec_server(config: ServerConfig, argv: list[str], notifier: SystemdNotifier) -> int:
-    async with anyio.create_task_group() as tg, _started(config, Mode.SERVER, tg) as running:
+    async with _started(config, Mode.SERVER) as running:
         env = child.child_environment(
             os.environ,
             marker=running.session.id,
-            region=config.region or os.environ.get("AWS_REGION"),
+            region=running.region or config.region,
             credentials={
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": running.listener.url,
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": running.token,
@@ -331,26 +347,23 @@ async def _exec_server(config: ServerConfig, argv: list[str], notifier: SystemdN
             code = await child.run_child(argv, env)
         finally:
             await _shutdown(config, running, notifier)
-            tg.cancel_scope.cancel()
     return code
 
 
 async def _exec_cli(config: ServerConfig, argv: list[str]) -> int:
     """Without --server: evaluate the policy once (mode cli), pass credentials as variables."""
-    async with anyio.create_task_group() as tg:
-        # No listener and no server session in cli mode: one decision, one set of credentials.
-        cli_config = replace(config, lazy=True, no_session_tracking=True)
-        async with _started(cli_config, Mode.CLI, tg, listen=False) as running:
-            reply = await running.pipeline.issue()
-            credentials = running.pipeline.last_credentials
-            await _shutdown(config, running, SystemdNotifier())
-            tg.cancel_scope.cancel()
+    # No listener and no server session in cli mode: one decision, one set of credentials.
+    cli_config = replace(config, lazy=True, no_session_tracking=True)
+    async with _started(cli_config, Mode.CLI, listen=False) as running:
+        reply = await running.pipeline.issue()
+        credentials = running.pipeline.last_credentials
+        await _shutdown(config, running, SystemdNotifier())
     if reply.status != 200 or credentials is None:
-        raise SentinelError(f"exec: credentials refused: {reply.body.decode(errors='replace')}")
+        raise SentinelError(f"exec: credentials refused: {_reply_message(reply.body)}")
     env = child.child_environment(
         os.environ,
         marker=running.session.id,
-        region=config.region or os.environ.get("AWS_REGION"),
+        region=running.region or config.region,
         credentials={
             "AWS_ACCESS_KEY_ID": credentials.access_key_id,
             "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
@@ -359,3 +372,12 @@ async def _exec_cli(config: ServerConfig, argv: list[str]) -> int:
         },
     )
     return await child.run_child(argv, env)
+
+
+def _reply_message(body: bytes) -> str:
+    """The `Message` of an error reply (`{"Message": "..."}`), or the body as text."""
+    try:
+        message = orjson.loads(body).get("Message")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else body.decode(errors="replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -13,17 +14,29 @@ import orjson
 _QUIET = ("botocore", "aiobotocore", "aioboto3", "boto3", "urllib3", "asyncio")
 
 
+def _json_entry(created: float, level: str, logger: str, message: str) -> dict[str, str]:
+    return {
+        "time": datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "level": level,
+        "logger": logger,
+        "message": " ".join(message.split()),
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": " ".join(record.getMessage().split()),
-        }
+        entry = _json_entry(record.created, record.levelname.lower(), record.name, record.getMessage())
         if record.exc_info and record.exc_info[1] is not None:
             entry["error"] = type(record.exc_info[1]).__name__
         return orjson.dumps(entry).decode()
+
+
+def error_line(message: str, log_format: str = "text") -> str:
+    """The CLI's final one-line error, in the log format, so `--log-format json` output stays
+    JSON to the last line."""
+    if log_format == "json":
+        return orjson.dumps(_json_entry(time.time(), "error", "sentinel", message)).decode()
+    return f"sentinel: {message}"
 
 
 class TextFormatter(logging.Formatter):

@@ -221,7 +221,9 @@ class Pipeline:
                 request_id=audit.new_request_id(),
                 user=identity.user,
                 profile=identity.profile,
-                effect=decision.effect.value if decision.allowed or reason is None else "deny",
+                # A reason overrides an allowing decision (the session gate): that request was
+                # refused, so it is logged as a deny, with the rule that would have allowed it.
+                effect=decision.effect.value if reason is None else "deny",
                 rule=decision.rule_name,
                 rule_index=decision.rule_index,
                 reason=reason or decision.reason,

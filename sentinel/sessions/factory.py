@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.config import default_session_db
 from sentinel.sessions.model import DEFAULT_RETENTION, Retention
 from sentinel.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    import aioboto3
 
 
 async def open_store(
@@ -15,15 +19,22 @@ async def open_store(
     session_table: str | None,
     session_db: Path | None,
     region: str | None,
+    session: aioboto3.Session | None = None,
     retention: Retention = DEFAULT_RETENTION,
     clock: Clock = SYSTEM_CLOCK,
 ) -> SessionStore:
     """The caller owns the store and must `aclose()` it. Imports are local so a SQLite user never
-    pays for importing aioboto3 and a DynamoDB user never opens a file."""
+    pays for importing aioboto3 and a DynamoDB user never opens a file.
+
+    `session` carries the credentials DynamoDB is called with; the server passes its base session,
+    since the SDK's default chain may have neither credentials nor a region (a named profile and
+    no AWS_PROFILE, as under systemd)."""
     if session_table:
         from sentinel.sessions.dynamodb import DynamoDBSessionStore
 
-        return await DynamoDBSessionStore.open(session_table, region=region, retention=retention, clock=clock)
+        return await DynamoDBSessionStore.open(
+            session_table, region=region, session=session, retention=retention, clock=clock
+        )
     from sentinel.sessions.sqlite import SqliteSessionStore
 
     return await SqliteSessionStore.open(session_db or default_session_db(), retention=retention, clock=clock)

@@ -1,0 +1,236 @@
+"""The hot path in-process, wired as the daemon wires it, over real loopback HTTP (issue 4).
+
+Real parts only: the policy from a file, STS AssumeRole against the moto server through the real
+`CredentialCache`/`StsRoleAssumer`, a real SQLite file behind `tests/support/faulty_store.py`'s
+wrapper, the real `SessionTracker`, `Pipeline` and `start_server`. The fault wrapper is what lets
+one test make the store slow on purpose and show that no request waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+from anyio.abc import TaskGroup
+
+from sentinel.audit import open_decision_log
+from sentinel.clock import SYSTEM_CLOCK
+from sentinel.credentials import CredentialCache, StsRoleAssumer, open_aws, resolve_user, role_session_name
+from sentinel.credentials import source_identity as make_source_identity
+from sentinel.metrics import Registry
+from sentinel.pipeline import Identity, Pipeline
+from sentinel.policy import FilePolicySource, Mode, PolicyWatcher
+from sentinel.server import Server, start_server
+from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.sqlite import SqliteSessionStore
+from sentinel.sessions.tracker import SessionTracker
+from tests.support.faulty_store import FaultyStore
+from tests.support.moto import MotoServer
+from tests.support.sentinel_proc import ALLOW_POLICY, DENY_POLICY, PROFILE, AwsSandbox, make_sandbox
+
+DEADLINE = 30.0
+STORE_DELAY = 2.0
+
+
+@pytest.fixture(scope="module")
+def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
+    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
+
+
+@pytest.fixture
+def aws_files(sandbox: AwsSandbox, aws_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process reads the sandbox's profile files, like the daemon does."""
+    sandbox.ensure_role()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(sandbox.directory / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(sandbox.directory / "aws-credentials"))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@dataclass
+class Wired:
+    server: Server
+    token: str
+    store: FaultyStore
+    tracker: SessionTracker
+    template: ServerSession
+    watcher: PolicyWatcher
+    policy: Path
+
+
+@asynccontextmanager
+async def wiring(tmp_path: Path) -> AsyncIterator[Wired]:
+    """The daemon's wiring, minus the daemon: policy, cache, tracker, pipeline, listener.
+
+    A context manager the test enters itself, not an async fixture: the task group must be
+    entered and left by the same task."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW_POLICY)
+    registry = Registry()
+    watcher = PolicyWatcher(FilePolicySource(policy))
+    await watcher.load_initial()
+    aws = await open_aws(PROFILE, None, None)
+    store = FaultyStore(await SqliteSessionStore.open(tmp_path / "sessions.db"))
+    async with aws.sts_client() as sts:
+        caller = await resolve_user(sts)
+        session_id = new_session_id()
+        source_identity = make_source_identity(caller.user, session_id)
+        assumer = StsRoleAssumer(
+            sts, role_session_name=role_session_name(caller.user), source_identity=source_identity
+        )
+        async with CredentialCache(assumer, registry=registry) as cache:
+            template = ServerSession.start(
+                session_id=session_id,
+                user=caller.user,
+                profile=PROFILE,
+                server_instance_id="pipeline-test",
+                source_identity=source_identity,
+            )
+            tracker = SessionTracker(
+                store, template, registry=registry, flush_interval=0.05, revocation_poll=0.05
+            )
+            pipeline = Pipeline(
+                identity=Identity(
+                    caller.user, PROFILE, aws.role_arn, session_id, source_identity, Mode.SERVER
+                ),
+                policy=watcher,
+                cache=cache,
+                tracker=tracker,
+                audit=open_decision_log(None),
+                registry=registry,
+                clock=SYSTEM_CLOCK,
+                server_duration=timedelta(minutes=15),
+            )
+            assert await pipeline.prefetch()
+            token = secrets.token_urlsafe(32)
+            server = await start_server(pipeline, token=token, metrics=registry)
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(tracker.run)
+                    await tracker.start_session()
+                    yield Wired(server, token, store, tracker, template, watcher, policy)
+                    await _stop(tg, server, tracker, store)
+            finally:
+                await store.aclose()
+
+
+async def _stop(tg: TaskGroup, server: Server, tracker: SessionTracker, store: FaultyStore) -> None:
+    store.heal()
+    await server.shutdown(grace=1)
+    await tracker.shutdown(DEADLINE)
+    tg.cancel_scope.cancel()
+
+
+class KeepAlive:
+    """One keep-alive connection; `get()` returns (status, body, seconds)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> None:
+        self._reader, self._writer = reader, writer
+        self._request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n".encode()
+
+    @classmethod
+    async def open(cls, server: Server, token: str) -> KeepAlive:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        return cls(reader, writer, token)
+
+    async def get(self) -> tuple[int, bytes, float]:
+        started = time.perf_counter()
+        self._writer.write(self._request)
+        async with asyncio.timeout(DEADLINE):
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+            )
+            body = await self._reader.readexactly(length)
+        return int(head.split(b" ", 2)[1]), body, time.perf_counter() - started
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
+
+
+async def _latencies(client: KeepAlive, count: int) -> list[float]:
+    timings = []
+    for _ in range(count):
+        status, _, seconds = await client.get()
+        assert status == 200
+        timings.append(seconds)
+    return timings
+
+
+async def test_a_slow_store_does_not_slow_requests(aws_files: None, tmp_path: Path) -> None:
+    """1. Fast store: 300 requests on one keep-alive connection; note the latencies.
+    2. The store now sleeps 2 s before every call; one more request starts a flush, which hangs.
+    3. 300 more requests while that store call is in flight: the median stays within 3x of the
+       fast median, and the slowest request is far below the store's 2 s: nothing on the
+       request path waits on the store.
+    4. The store heals; shutdown flushes everything: request_count == every request served."""
+    async with wiring(tmp_path) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            fast = await _latencies(client, 300)
+            wired.store.slow(STORE_DELAY)
+            touches = wired.store.started["touch"]
+            await _latencies(client, 1)
+            with anyio.fail_after(DEADLINE):
+                await wired.store.wait_started("touch", touches + 1)
+            slow = await _latencies(client, 300)
+            in_flight = wired.store.started["touch"] - wired.store.finished["touch"]
+            stats = wired.tracker.statistics()
+        finally:
+            await client.close()
+        assert in_flight >= 1  # the slow phase ran while the store was stuck in a call
+        assert stats.queue_depth == 0  # and the worker kept draining meanwhile
+        fast_p50, slow_p50 = statistics.median(fast), statistics.median(slow)
+        assert slow_p50 <= 3 * fast_p50, (fast_p50, slow_p50)
+        assert max(slow) < STORE_DELAY / 4, max(slow)
+        wired.store.heal()  # the call already sleeping still finishes its 2 s
+        summary = await wired.tracker.shutdown(DEADLINE)
+        assert (summary.dropped, summary.unflushed, summary.expired) == (0, 0, True)
+        record = await wired.store.inner.get(wired.template.id)
+        assert (record.status, record.request_count) == (SessionStatus.EXPIRED, 601)
+
+
+async def test_only_successful_issuances_touch_the_session(aws_files: None, tmp_path: Path) -> None:
+    """1. allow: 200 and one touch queued.
+    2. deny (policy reloaded as SIGHUP does): 403 with the rule's reason, no touch.
+    3. allow again, then the session is revoked through the store (not the tracker): once the
+       tracker has seen it, 403 session revoked, no touch, and no store read on the request path."""
+    async with wiring(tmp_path) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            assert (await client.get())[0] == 200
+            assert wired.tracker.statistics().queued == 1
+
+            wired.policy.write_text(DENY_POLICY)
+            assert await wired.watcher.reload()
+            status, body, _ = await client.get()
+            assert (status, orjson.loads(body)) == (
+                403,
+                {"Message": "demo profile is closed for maintenance"},
+            )
+            assert wired.tracker.statistics().queued == 1
+
+            wired.policy.write_text(ALLOW_POLICY)
+            assert await wired.watcher.reload()
+            await wired.store.inner.revoke(wired.template.id, "test", "incident")
+            with anyio.fail_after(DEADLINE):
+                await wired.tracker.wait_revoked()
+            reads = wired.store.started["get"]
+            for _ in range(3):
+                status, body, _ = await client.get()
+                assert (status, orjson.loads(body)) == (403, {"Message": "session revoked"})
+            assert wired.store.started["get"] == reads
+            assert wired.tracker.statistics().queued == 1
+        finally:
+            await client.close()
