@@ -17,7 +17,7 @@ from sentinel.clock import Clock
 from sentinel.credentials import CacheKey, CredentialCache, Credentials, effective_duration
 from sentinel.errors import CredentialError
 from sentinel.metrics import Registry
-from sentinel.policy import Decision, Mode, PolicyRequest, PolicyWatcher, evaluate
+from sentinel.policy import Decision, Mode, Policy, PolicyRequest, PolicyWatcher, evaluate
 from sentinel.server.service import JSON, PROMETHEUS_TEXT, Reply
 from sentinel.sessions.tracking import Tracker
 
@@ -76,7 +76,9 @@ class Pipeline:
         self._decisions = registry.counter(
             "policy_decisions_total", "Policy decisions on credential requests", ("effect",)
         )
-        self._issued = registry.counter("credentials_issued_total", "Credential responses served")
+        # The decision of the current policy object when it has no time condition (see _evaluate).
+        self._seen_policy: Policy | None = None
+        self._constant_decision: Decision | None = None
 
     @property
     def last_credentials(self) -> Credentials | None:
@@ -87,10 +89,7 @@ class Pipeline:
         """Warm the cache for what the policy allows now; False if it denies now (nothing fetched).
 
         Not an issuance: nothing is audited or counted. Raises CredentialError if STS fails."""
-        request = PolicyRequest(
-            self._identity.user, self._identity.profile, self._identity.mode, self._clock.now()
-        )
-        decision = evaluate(self._policy.current, request)
+        decision = self._evaluate()
         if not decision.allowed:
             return False
         await self._cache.get(self._key(decision.max_server_duration))
@@ -162,9 +161,7 @@ class Pipeline:
 
     def _decide(self) -> Reply | tuple[Decision, CacheKey]:
         """Steps 2 and 3: the policy, then the session gate (local state only)."""
-        identity = self._identity
-        request = PolicyRequest(identity.user, identity.profile, identity.mode, self._clock.now())
-        decision = evaluate(self._policy.current, request)
+        decision = self._evaluate()
         if not decision.allowed:
             self._decisions.inc("deny")
             self._audit_entry(decision, 403, cache_hit=False)
@@ -176,6 +173,25 @@ class Pipeline:
         self._decisions.inc("allow")
         return decision, self._key(decision.max_server_duration)
 
+    def _evaluate(self) -> Decision:
+        """`evaluate()` for this server's fixed (user, profile, mode), on every request.
+
+        User, profile and mode never change for a server, so a policy without time conditions
+        gives one decision for as long as it is current: that decision is kept per policy
+        object, and a reload (which installs a new object) recomputes it. A policy with a time
+        condition is evaluated afresh each time, at the clock's now."""
+        policy = self._policy.current
+        if policy is not self._seen_policy:
+            self._seen_policy = policy
+            constant = all(rule.time is None for rule in policy.rules)
+            self._constant_decision = evaluate(policy, self._request()) if constant else None
+        decision = self._constant_decision
+        return decision if decision is not None else evaluate(policy, self._request())
+
+    def _request(self) -> PolicyRequest:
+        identity = self._identity
+        return PolicyRequest(identity.user, identity.profile, identity.mode, self._clock.now())
+
     def _allow(self, decision: Decision, credentials: Credentials, *, cache_hit: bool) -> Reply:
         """Steps 5 and 6: audit, touch (only now, after success), respond."""
         reply = self._last_reply
@@ -184,7 +200,6 @@ class Pipeline:
             self._last_credentials, self._last_reply = credentials, reply
         self._audit_entry(decision, 200, cache_hit=cache_hit, credentials=credentials)
         self._tracker.touch_nowait()
-        self._issued.inc()
         return reply
 
     def _key(self, rule_max: timedelta | None) -> CacheKey:

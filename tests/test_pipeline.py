@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -24,7 +24,7 @@ import pytest
 from anyio.abc import TaskGroup
 
 from sentinel.audit import open_decision_log
-from sentinel.clock import SYSTEM_CLOCK
+from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.credentials import CredentialCache, StsRoleAssumer, open_aws, resolve_user, role_session_name
 from sentinel.credentials import source_identity as make_source_identity
 from sentinel.metrics import Registry
@@ -34,6 +34,7 @@ from sentinel.server import Server, start_server
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.tracker import SessionTracker
+from tests.sessions.conftest import FakeClock
 from tests.support.faulty_store import FaultyStore
 from tests.support.moto import MotoServer
 from tests.support.sentinel_proc import ALLOW_POLICY, DENY_POLICY, PROFILE, AwsSandbox, make_sandbox
@@ -69,7 +70,7 @@ class Wired:
 
 
 @asynccontextmanager
-async def wiring(tmp_path: Path) -> AsyncIterator[Wired]:
+async def wiring(tmp_path: Path, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Wired]:
     """The daemon's wiring, minus the daemon: policy, cache, tracker, pipeline, listener.
 
     A context manager the test enters itself, not an async fixture: the task group must be
@@ -108,7 +109,7 @@ async def wiring(tmp_path: Path) -> AsyncIterator[Wired]:
                 tracker=tracker,
                 audit=open_decision_log(None),
                 registry=registry,
-                clock=SYSTEM_CLOCK,
+                clock=clock,
                 server_duration=timedelta(minutes=15),
             )
             assert await pipeline.prefetch()
@@ -232,5 +233,37 @@ async def test_only_successful_issuances_touch_the_session(aws_files: None, tmp_
                 assert (status, orjson.loads(body)) == (403, {"Message": "session revoked"})
             assert wired.store.started["get"] == reads
             assert wired.tracker.statistics().queued == 1
+        finally:
+            await client.close()
+
+
+OFFICE_HOURS_POLICY = """version: "1"
+rules:
+  - name: office-hours
+    effect: allow
+    conditions:
+      profiles: [demo]
+      time: {hours: {start: "09:00", end: "17:00"}, timezone: UTC}
+"""
+
+
+async def test_a_time_window_is_evaluated_on_every_request(aws_files: None, tmp_path: Path) -> None:
+    """A decision without time conditions is kept per policy object; one with a time condition
+    must not be.
+    1. The policy allows 09:00-17:00 UTC; the clock says 16:59:30: 200.
+    2. The clock moves to 17:00:30, the same policy object is current: 403 (no rule matched).
+    3. The clock moves to the next day at 09:00:30: 200 again."""
+    clock = FakeClock(datetime(2026, 11, 23, 16, 59, 30, tzinfo=UTC))
+    async with wiring(tmp_path, clock) as wired:
+        wired.policy.write_text(OFFICE_HOURS_POLICY)
+        assert await wired.watcher.reload()
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            assert (await client.get())[0] == 200
+            clock.advance(60)
+            status, body, _ = await client.get()
+            assert (status, orjson.loads(body)) == (403, {"Message": "no rule matched"})
+            clock.advance(16 * 3600)
+            assert (await client.get())[0] == 200
         finally:
             await client.close()
