@@ -1,0 +1,201 @@
+"""The hot path's pieces timed in-process, without sockets (`python -m bench.micro`, prints JSON).
+
+The load runs say what a request costs in total; this says which step it goes to. The pipeline is
+the real one (policy, cache, tracker, decision log); only the STS call behind the cache is replaced
+by a `CredentialSource` returning fixed credentials, since a cache hit never reaches it anyway.
+Requests are issued in bursts of 64 (one per connection of a c64 run) with an event-loop pass
+between bursts, so the tracker's drain task and the decision log's writer thread do their share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import orjson
+import uvloop
+
+from bench import aws
+from bench.tools import Pinning
+from sentinel.audit import DecisionEntry, DecisionLog, open_decision_log
+from sentinel.clock import SYSTEM_CLOCK
+from sentinel.credentials import CredentialCache, Credentials
+from sentinel.metrics import Registry
+from sentinel.pipeline import Identity, Pipeline
+from sentinel.policy import FilePolicySource, Mode, PolicyRequest, PolicyWatcher, evaluate
+from sentinel.sessions.model import ServerSession, new_session_id
+from sentinel.sessions.sqlite import SqliteSessionStore
+from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+
+_log = logging.getLogger("bench")
+_ROLE_ARN = "arn:aws:iam::123456789012:role/sentinel-bench"
+_BURST = 64
+_REPEAT = 5
+
+
+class FixedSource:
+    """Fresh credentials without STS: the cache calls it once, at prefetch."""
+
+    async def fetch(self, role_arn: str, duration_seconds: int) -> Credentials:
+        expiration = datetime.now(UTC) + timedelta(seconds=duration_seconds)
+        return Credentials("ASIABENCHEXAMPLE0001", "s" * 40, "t" * 400, expiration)
+
+
+def per_call_us(call: Callable[[], object], number: int = 100_000) -> float:
+    """Best of a few repeats: the least disturbed measurement of a pure CPU cost."""
+    return min(timeit.repeat(call, number=number, repeat=_REPEAT)) / number * 1e6
+
+
+async def per_request_us(pipeline: Pipeline, bursts: int = 2000) -> float:
+    """issue_nowait() in bursts of 64 with a loop pass between them, per request, best of a few."""
+    best = float("inf")
+    issue = pipeline.issue_nowait
+    for _ in range(_REPEAT):
+        started = time.perf_counter()
+        for _ in range(bursts):
+            for _ in range(_BURST):
+                issue()
+            await asyncio.sleep(0)  # the drain task and the log writer get their turn
+        best = min(best, (time.perf_counter() - started) / (bursts * _BURST) * 1e6)
+    return best
+
+
+async def measure(work: Path) -> dict[str, float]:
+    policy = work / "policy.yaml"
+    policy.write_text(aws.POLICY)
+    watcher = PolicyWatcher(FilePolicySource(policy))
+    await watcher.load_initial()
+    session_id = new_session_id()
+    identity = Identity(
+        "bench", "default", _ROLE_ARN, session_id, f"sentinel.bench.{session_id}", Mode.SERVER
+    )
+    template = ServerSession.start(
+        session_id=session_id,
+        user="bench",
+        profile="default",
+        server_instance_id="bench-micro",
+        source_identity=identity.source_identity,
+    )
+    results: dict[str, float] = {}
+    async with anyio.create_task_group() as tg, CredentialCache(FixedSource()) as cache:
+
+        async def pipeline(tracker: Tracker, audit: DecisionLog) -> Pipeline:
+            built = Pipeline(
+                identity=identity,
+                policy=watcher,
+                cache=cache,
+                tracker=tracker,
+                audit=audit,
+                registry=Registry(),
+                clock=SYSTEM_CLOCK,
+                server_duration=timedelta(minutes=15),
+            )
+            await built.prefetch()
+            return built
+
+        results["issue_nowait: tracking off, no decision log (b)"] = await per_request_us(
+            await pipeline(NullTracker(), open_decision_log(None))
+        )
+        store = await SqliteSessionStore.open(work / "sessions.db")
+        tracker = SessionTracker(store, template)
+        await tg.start(tracker.run)
+        results["issue_nowait: tracking on, touch + drain (c, d)"] = await per_request_us(
+            await pipeline(tracker, open_decision_log(None))
+        )
+        audit = open_decision_log(str(work / "decisions.jsonl"))
+        await tg.start(audit.run)
+        results["issue_nowait: decision log on, writer thread running (h)"] = await per_request_us(
+            await pipeline(NullTracker(), audit), bursts=500
+        )
+        results["  of which: decision log lines dropped (should be 0)"] = float(audit.statistics().dropped)
+        # A second tracker, never started, with room for every timed touch (no drop path).
+        results |= pieces(identity, watcher, SessionTracker(store, template, queue_size=1_000_000))
+        await audit.aclose()
+        await tracker.shutdown(2.0)
+        await store.aclose()
+        tg.cancel_scope.cancel()
+    return results
+
+
+def pieces(identity: Identity, watcher: PolicyWatcher, tracker: SessionTracker) -> dict[str, float]:
+    """Single steps of the hot path, each timed alone."""
+    now = datetime.now(UTC)
+    request = PolicyRequest(identity.user, identity.profile, identity.mode, now)
+    current = watcher.current
+    decision = evaluate(current, request)
+    entry = DecisionEntry(
+        time=now,
+        request_id="3f9a1c2e-1b",
+        user=identity.user,
+        profile=identity.profile,
+        effect=decision.effect.value,
+        rule=decision.rule_name,
+        rule_index=decision.rule_index,
+        reason=decision.reason,
+        mode=identity.mode.value,
+        policy_source=current.source,
+        policy_hash=current.content_hash,
+        status=200,
+        session_id=identity.session_id,
+        source_identity=identity.source_identity,
+        role_arn=identity.role_arn,
+        expiration=now,
+        cache_hit=True,
+    )
+    fields = {name: getattr(entry, name) for name in entry.__slots__}
+    # The decision log's own serialisation options (sentinel/audit.py).
+    options = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_APPEND_NEWLINE
+    return {
+        "datetime.now(UTC) (twice per request: policy, cache)": per_call_us(lambda: datetime.now(UTC)),
+        "PolicyRequest(...) (frozen dataclass + __post_init__)": per_call_us(
+            lambda: PolicyRequest(identity.user, identity.profile, identity.mode, now)
+        ),
+        "evaluate(policy, request) (2 rules)": per_call_us(lambda: evaluate(current, request)),
+        "tracker.touch_nowait() alone (queue put)": per_call_us(tracker.touch_nowait),
+        "DecisionEntry(...) (frozen dataclass, 17 fields)": per_call_us(lambda: DecisionEntry(**fields)),
+        "orjson.dumps(entry) (the log writer, per line)": per_call_us(
+            lambda: orjson.dumps(entry, option=options)
+        ),
+        "decision.effect.value (Enum property)": per_call_us(lambda: decision.effect.value),
+        "os.getpid() (a syscall: asyncio's running-loop check)": per_call_us(os.getpid),
+    }
+
+
+def run_micro(pinning: Pinning) -> dict[str, float] | None:
+    """For the harness: this module in its own process on the server's CPU (the servers under
+    test are paused meanwhile); None if it fails."""
+    _log.info("timing the hot path's pieces in-process (bench/micro.py)")
+    done = subprocess.run(
+        [*pinning.server_prefix(), sys.executable, "-m", "bench.micro"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        _log.warning("bench.micro failed: %s", done.stderr.strip()[-500:])
+        return None
+    found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="sentinel-micro-") as work:
+        results = uvloop.run(measure(Path(work)))
+    sys.stdout.write(json.dumps(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
