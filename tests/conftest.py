@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.moto import MotoServer
-
-REGION = "us-east-1"
+from tests.support.moto import REGION, MotoServer
+from tests.support.sentinel_proc import ALLOW_POLICY, AwsSandbox, make_sandbox
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,4 +60,25 @@ def aws_endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> st
 def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
+    """A moto role plus AWS config/credentials files for `sentinel` subprocesses, per test module."""
+    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
+
+
+@pytest.fixture
+def env(sandbox: AwsSandbox) -> dict[str, str]:
+    """The environment for a `sentinel` subprocess (the role is recreated if moto restarted)."""
+    sandbox.ensure_role()
+    return sandbox.env()
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    """A policy file allowing the demo profile."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(ALLOW_POLICY)
     return path

@@ -23,9 +23,8 @@ from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.store import SessionStore
-from tests.conftest import REGION
-from tests.support.moto import MotoServer
-from tests.support.sentinel_proc import AwsSandbox, make_sandbox, run_sentinel
+from tests.support.moto import REGION
+from tests.support.sentinel_proc import AwsSandbox, run_sentinel
 
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_CONFIG = 2, 3, 4, 78
 
@@ -106,11 +105,6 @@ async def _create_sessions(
     finally:
         await store.aclose()
     return sessions
-
-
-@pytest.fixture(scope="module")
-def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
-    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
 
 
 @pytest.fixture(scope="module")

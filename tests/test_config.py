@@ -16,21 +16,15 @@ import pytest
 
 from sentinel.config import ServerConfig, build_config, default_session_db, default_token_file
 from sentinel.errors import ConfigError
-from tests.support.moto import MotoServer, free_port
+from tests.support.moto import free_port
 from tests.support.sentinel_proc import (
     ALLOW_POLICY,
     AwsSandbox,
-    make_sandbox,
     run_sentinel,
     serving,
 )
 
 EXIT_CONFIG = 78
-
-
-@pytest.fixture(scope="module")
-def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
-    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

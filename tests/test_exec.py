@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 
 from sentinel.sessions.model import SessionStatus
-from tests.support.moto import MotoServer
 from tests.support.sentinel_proc import (
-    ALLOW_POLICY,
     BASE_ACCESS_KEY,
     DENY_POLICY,
     PROFILE,
@@ -27,7 +25,6 @@ from tests.support.sentinel_proc import (
     NotifySocket,
     SentinelProcess,
     decision_statuses,
-    make_sandbox,
     run_sentinel,
     store_session,
 )
@@ -69,24 +66,6 @@ print("ready", flush=True)
 while True:
     signal.pause()
 """
-
-
-@pytest.fixture(scope="module")
-def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
-    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
-
-
-@pytest.fixture
-def env(sandbox: AwsSandbox) -> dict[str, str]:
-    sandbox.ensure_role()
-    return sandbox.env()
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(ALLOW_POLICY)
-    return path
 
 
 def _exec(policy: Path, *args: str) -> list[str]:

@@ -36,16 +36,10 @@ from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.tracker import SessionTracker
 from tests.sessions.conftest import FakeClock
 from tests.support.faulty_store import FaultyStore
-from tests.support.moto import MotoServer
-from tests.support.sentinel_proc import ALLOW_POLICY, DENY_POLICY, PROFILE, AwsSandbox, make_sandbox
+from tests.support.sentinel_proc import ALLOW_POLICY, DENY_POLICY, PROFILE, AwsSandbox
 
 DEADLINE = 30.0
 STORE_DELAY = 2.0
-
-
-@pytest.fixture(scope="module")
-def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
-    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
 
 
 @pytest.fixture

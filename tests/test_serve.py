@@ -26,10 +26,8 @@ import pytest
 
 from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.model import SessionStatus
-from tests.conftest import REGION
-from tests.support.moto import MotoServer
+from tests.support.moto import REGION, MotoServer
 from tests.support.sentinel_proc import (
-    ALLOW_POLICY,
     DEFAULT_TOKEN_FILE,
     DENY_POLICY,
     PROFILE,
@@ -42,7 +40,6 @@ from tests.support.sentinel_proc import (
     fetch_with_botocore,
     hammer,
     http_get,
-    make_sandbox,
     read_env_file,
     run_sentinel,
     serving,
@@ -54,24 +51,6 @@ from tests.support.sentinel_proc import (
 )
 
 BROKEN_POLICY = 'version: "1"\nrules:\n  - name: half-edited\n    effect: alow\n'
-
-
-@pytest.fixture(scope="module")
-def sandbox(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> AwsSandbox:
-    return make_sandbox(tmp_path_factory.mktemp("aws"), moto_server)
-
-
-@pytest.fixture
-def env(sandbox: AwsSandbox) -> dict[str, str]:
-    sandbox.ensure_role()
-    return sandbox.env()
-
-
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(ALLOW_POLICY)
-    return path
 
 
 @pytest.fixture

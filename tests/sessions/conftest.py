@@ -18,9 +18,8 @@ import pytest
 from sentinel.sessions.model import DEFAULT_RETENTION, Retention, ServerSession, new_session_id
 from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
-from tests.conftest import REGION
 from tests.support.dynamodb_lint import linted_session
-from tests.support.moto import free_port
+from tests.support.moto import REGION, free_port
 
 STORE_KINDS = ["sqlite", "dynamodb"]
 

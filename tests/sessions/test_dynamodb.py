@@ -27,9 +27,8 @@ from sentinel.sessions.errors import (
     StoreUnavailable,
 )
 from sentinel.sessions.model import DEFAULT_RETENTION, ServerSession, SessionStatus
-from tests.conftest import REGION
 from tests.support.dynamodb_lint import DynamoDBLint, DynamoDBRequestInvalid, check_request
-from tests.support.moto import free_port
+from tests.support.moto import REGION, free_port
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -24,10 +24,9 @@ from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.retry import Backoff
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
-from tests.conftest import REGION
 from tests.sessions.conftest import FakeClock, StoreBackend
 from tests.support.faulty_store import FaultyStore
-from tests.support.moto import MotoServer
+from tests.support.moto import REGION, MotoServer
 
 # Small intervals keep the worker busy in a test's time scale; the logic does not depend on them.
 FAST_BACKOFF = Backoff(initial=0.01, maximum=0.05)

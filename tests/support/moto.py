@@ -16,6 +16,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+# The region every test's AWS clients use (the session-wide environment sets it too).
+REGION = "us-east-1"
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -30,8 +30,7 @@ import boto3
 from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession
-from tests.conftest import REGION
-from tests.support.moto import MotoServer
+from tests.support.moto import REGION, MotoServer
 
 # Bounds every single wait. Generous on purpose: they catch hangs, they do not measure speed.
 DEADLINE = 30.0
