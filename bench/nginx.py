@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bench.proc import rss_bytes
+from tests.support.process import stop_process
 
 _CONFIG = """\
 daemon off;
@@ -90,10 +91,5 @@ class Nginx:
     def stop(self) -> None:
         if self._proc is None:
             return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop_process(self._proc)
         self._proc = None

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+from tests.support.process import stop_process
+
 # The region every test's AWS clients use (the session-wide environment sets it too).
 REGION = "us-east-1"
 
@@ -84,12 +86,7 @@ class MotoServer:
     def stop(self) -> None:
         if self._proc is None:
             return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
     def reset(self) -> None:
