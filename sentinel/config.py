@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -130,19 +130,28 @@ def _decision_log(value: Any) -> str:
     return value
 
 
-def check_loopback_host(host: str) -> str:
-    """The listener binds loopback only (DESIGN.md §6): refuse anything else before binding."""
-    if not isinstance(host, str):
-        raise ValueError(f"expected a loopback address, not {type(host).__name__}")
+def loopback_address(host: str) -> str:
+    """The literal address to bind for `host`; anything but loopback is a ValueError.
+
+    The one loopback check (DESIGN.md §6: the listener binds loopback only), used to validate
+    `--host` and again by the server before it binds. "localhost" means 127.0.0.1, not whatever
+    a resolver says: a hosts file that maps it elsewhere must not move the listener off loopback."""
     if host == "localhost":
-        return host
+        return "127.0.0.1"
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not a loopback address") from None
     if not address.is_loopback:
         raise ValueError(f"{host!r} is not a loopback address; Sentinel binds loopback only")
     return str(address)
+
+
+def check_loopback_host(value: Any) -> str:
+    """`--host`: a loopback literal (IPv6 may be bracketed) or localhost."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a loopback address, not {type(value).__name__}")
+    return loopback_address(value.strip("[]"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +228,6 @@ class ServerConfig:
     session_table: str | None = None
     session_db: Path | None = None
     no_session_tracking: bool = False
-
-    @property
-    def session_tracking(self) -> bool:
-        return not self.no_session_tracking
 
     @property
     def policy_source(self) -> str:
@@ -309,7 +314,3 @@ def _validate(config: ServerConfig) -> None:
     for name in ("flush_interval", "revocation_poll", "shutdown_timeout", "policy_refresh"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{OPTIONS_BY_FIELD[name].flag}: must be greater than zero")
-
-
-def config_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ServerConfig))

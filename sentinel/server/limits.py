@@ -6,9 +6,9 @@ boundary (issue 3): only loopback, checked before any socket exists.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from sentinel.config import loopback_address
 from sentinel.errors import ConfigError
 
 
@@ -54,18 +54,12 @@ class ServerLimits:
 def loopback_bind_address(host: str) -> str:
     """Return the literal address to bind for `host`; anything but loopback is a `ServerConfigError`.
 
-    "localhost" binds 127.0.0.1 rather than whatever a resolver says it means: a hosts file that
-    maps it elsewhere must not move the listener off loopback.
-    """
-    if host == "localhost":
-        return "127.0.0.1"
+    The check itself is `sentinel.config.loopback_address`, so `--host` validation and binding
+    can never disagree."""
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ServerConfigError("listen host must be a loopback address literal or 'localhost'") from None
-    if not address.is_loopback:
-        raise ServerConfigError("listen host must be a loopback address (127.0.0.0/8 or ::1)")
-    return str(address)
+        return loopback_address(host)
+    except ValueError as exc:
+        raise ServerConfigError(f"cannot listen: {exc}") from None
 
 
 def validate_token(token: str) -> bytes:
