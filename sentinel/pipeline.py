@@ -116,10 +116,12 @@ class Pipeline:
             credentials, cache_hit = await self._cache.get(key)
         except CredentialError:
             # The cache has logged the cause; the caller learns nothing about upstream errors.
+            self._decisions.inc("allow")
             self._audit_entry(decision, 500, cache_hit=False)
             return self._unavailable_reply
         # Revocation may have landed while we waited on STS: check the gate again.
         if self._tracker.revoked:
+            self._decisions.inc("revoked")
             self._audit_entry(decision, 403, cache_hit=cache_hit, reason=REVOKED_MESSAGE)
             return self._revoked_reply
         return self._allow(decision, credentials, cache_hit=cache_hit)
@@ -170,7 +172,8 @@ class Pipeline:
             self._decisions.inc("revoked")
             self._audit_entry(decision, 403, cache_hit=False, reason=REVOKED_MESSAGE)
             return self._revoked_reply
-        self._decisions.inc("allow")
+        # An allow is counted where the request ends (_allow, or the failure paths of issue()):
+        # a cold request passes through here twice, once in issue_nowait and once in issue.
         return decision, self._key(decision.max_server_duration)
 
     def _evaluate(self) -> Decision:
@@ -194,6 +197,7 @@ class Pipeline:
 
     def _allow(self, decision: Decision, credentials: Credentials, *, cache_hit: bool) -> Reply:
         """Steps 5 and 6: audit, touch (only now, after success), respond."""
+        self._decisions.inc("allow")
         reply = self._last_reply
         if credentials is not self._last_credentials or reply is None:
             reply = Reply(200, credentials.to_container_json(), JSON)

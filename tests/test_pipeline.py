@@ -61,10 +61,13 @@ class Wired:
     template: ServerSession
     watcher: PolicyWatcher
     policy: Path
+    registry: Registry
 
 
 @asynccontextmanager
-async def wiring(tmp_path: Path, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[Wired]:
+async def wiring(
+    tmp_path: Path, clock: Clock = SYSTEM_CLOCK, *, prefetch: bool = True
+) -> AsyncIterator[Wired]:
     """The daemon's wiring, minus the daemon: policy, cache, tracker, pipeline, listener.
 
     A context manager the test enters itself, not an async fixture: the task group must be
@@ -106,14 +109,15 @@ async def wiring(tmp_path: Path, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[W
                 clock=clock,
                 server_duration=timedelta(minutes=15),
             )
-            assert await pipeline.prefetch()
+            if prefetch:
+                assert await pipeline.prefetch()
             token = secrets.token_urlsafe(32)
             server = await start_server(pipeline, token=token, metrics=registry)
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(tracker.run)
                     await tracker.start_session()
-                    yield Wired(server, token, store, tracker, template, watcher, policy)
+                    yield Wired(server, token, store, tracker, template, watcher, policy, registry)
                     await _stop(tg, server, tracker, store)
             finally:
                 await store.aclose()
@@ -261,3 +265,20 @@ async def test_a_time_window_is_evaluated_on_every_request(aws_files: None, tmp_
             assert (await client.get())[0] == 200
         finally:
             await client.close()
+
+
+async def test_a_cold_request_counts_one_decision(aws_files: None, tmp_path: Path) -> None:
+    """1. Start without prefetching: the credential cache is cold.
+    2. The first request misses the synchronous path and awaits STS (issue_nowait, then issue).
+    3. Two requests later, policy_decisions_total{effect="allow"} is 2, not 3: the cold request
+       passed the policy twice but is one decision."""
+    async with wiring(tmp_path, prefetch=False) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            assert (await client.get())[0] == 200
+            assert (await client.get())[0] == 200
+        finally:
+            await client.close()
+        decisions = wired.registry.get("policy_decisions_total")
+        assert decisions is not None
+        assert decisions.value("allow") == 2
