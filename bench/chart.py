@@ -33,9 +33,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")  # no display: write files only
         import matplotlib.pyplot as plt
     except ImportError:
-        _log.warning(
-            "matplotlib not installed: no chart (pip install matplotlib, or SENTINEL_EXTRAS=test,bench)"
-        )
+        _log.warning("matplotlib not installed: no chart (SENTINEL_EXTRAS=test,bench ./scripts/setup)")
         return None
     return plt
 
