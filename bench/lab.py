@@ -20,7 +20,9 @@ from bench.proc import rss_bytes
 from bench.scenarios import Context, Server, servers
 from bench.targets import NginxTarget, SentinelTarget, Target
 from bench.tools import Pinning, Tools
-from tests.support.moto import MotoServer, free_port
+from harness.aws_env import isolated_aws_environment
+from harness.loopback import free_port
+from harness.moto import MotoServer
 
 _log = logging.getLogger("bench")
 
@@ -147,7 +149,7 @@ def open_lab(tools: Tools, pinning: Pinning, work: Path) -> Iterator[Lab]:
         moto = MotoServer()
         moto.start()
         stack.callback(moto.stop)
-        aws.isolate(work, moto.url)
+        stack.enter_context(isolated_aws_environment(work, AWS_ENDPOINT_URL=moto.url))
         role_arn = aws.prepare(moto)
         policy = work / "policy.yaml"
         policy.write_text(aws.POLICY)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from bench.proc import rss_bytes
-from tests.support.process import stop_process
+from harness.process import stop_process, wait_serving
 
 _CONFIG = """\
 daemon off;
@@ -74,19 +73,23 @@ class Nginx:
     def start(self, prefix: list[str], timeout: float = 10.0) -> None:
         log = (self.directory / "stderr.log").open("wb")
         self._proc = subprocess.Popen(self.command(prefix), stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                detail = (self.directory / "stderr.log").read_text().strip()
-                raise RuntimeError(f"nginx exited with {self._proc.returncode}: {detail}")
+        process = self._proc
+
+        def serving() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    if rss_bytes(self._proc.pid):
-                        return
+                    return rss_bytes(process.pid) > 0
             except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen on port {self.port} within {timeout}s")
+                return False
+
+        def exit_detail() -> str:
+            return (self.directory / "stderr.log").read_text().strip()
+
+        try:
+            wait_serving(process, serving, f"nginx on port {self.port}", timeout, exit_detail)
+        except RuntimeError:
+            self._proc = None
+            raise
 
     def stop(self) -> None:
         if self._proc is None:

@@ -12,8 +12,8 @@ from typing import TypeVar
 
 import anyio
 
+from harness.store_wrapper import DelegatingStore
 from sentinel.sessions.store import SessionStore
-from tests.support.store_wrapper import DelegatingStore
 
 T = TypeVar("T")
 

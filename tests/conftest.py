@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.moto import REGION, MotoServer
-from tests.support.sentinel_proc import ALLOW_POLICY, AwsSandbox, make_sandbox
+from harness import aws_env
+from harness.moto import MotoServer
+from tests.support.policies import ALLOW_POLICY
+from tests.support.sandbox import AwsSandbox, make_sandbox
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_aws_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test can reach a real AWS account or the developer's ~/.aws: fake keys, empty files."""
-    home = tmp_path_factory.mktemp("aws-home")
-    (home / "config").write_text("")
-    (home / "credentials").write_text("")
-    saved = dict(os.environ)
-    for key in list(os.environ):
-        if key.startswith(("AWS_", "SENTINEL_")) or key == "NOTIFY_SOCKET":
-            del os.environ[key]
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "AWS_CONFIG_FILE": str(home / "config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+    with aws_env.isolated_aws_environment(tmp_path_factory.mktemp("aws-home")):
+        yield
 
 
 @pytest.fixture(scope="session")

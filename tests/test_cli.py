@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sentinel import __version__
-from tests.support.sentinel_proc import run_sentinel
+from tests.support.sentinel_process import run_sentinel
 
 # DESIGN.md §6: users, scripts and the systemd unit depend on these names.
 SERVER_FLAGS = [

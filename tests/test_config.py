@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.loopback import free_port
 from sentinel.config import ServerConfig, build_config, default_session_db, default_token_file
 from sentinel.errors import ConfigError
-from tests.support.moto import free_port
-from tests.support.sentinel_proc import (
-    ALLOW_POLICY,
-    AwsSandbox,
-    run_sentinel,
-    serving,
-)
+from tests.support.policies import ALLOW_POLICY
+from tests.support.sandbox import AwsSandbox
+from tests.support.sentinel_process import run_sentinel
+from tests.support.serve import serving
 
 EXIT_CONFIG = 78
 

@@ -15,19 +15,13 @@ from typing import Any
 import pytest
 
 from sentinel.sessions.model import SessionStatus
-from tests.support.sentinel_proc import (
-    BASE_ACCESS_KEY,
-    DENY_POLICY,
-    PROFILE,
-    SERVER_ONLY_POLICY,
-    SMALL_INTERVALS,
-    AwsSandbox,
-    NotifySocket,
-    SentinelProcess,
-    decision_statuses,
-    run_sentinel,
-    store_session,
-)
+from tests.support.files import decision_statuses
+from tests.support.notify_socket import NotifySocket
+from tests.support.policies import DENY_POLICY, SERVER_ONLY_POLICY
+from tests.support.sandbox import BASE_ACCESS_KEY, PROFILE, AwsSandbox
+from tests.support.sentinel_process import SentinelProcess, run_sentinel
+from tests.support.serve import SMALL_INTERVALS
+from tests.support.store_rows import store_session
 
 # Prints its AWS environment, then uses boto3's default chain as any application would.
 WITNESS = """

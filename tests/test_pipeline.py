@@ -23,6 +23,7 @@ import orjson
 import pytest
 from anyio.abc import TaskGroup
 
+from harness.faulty_store import FaultyStore
 from sentinel.audit import open_decision_log
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.credentials import CredentialCache, StsRoleAssumer, open_aws, resolve_user, role_session_name
@@ -35,8 +36,8 @@ from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.tracker import SessionTracker
 from tests.sessions.conftest import FakeClock
-from tests.support.faulty_store import FaultyStore
-from tests.support.sentinel_proc import ALLOW_POLICY, DENY_POLICY, PROFILE, AwsSandbox
+from tests.support.policies import ALLOW_POLICY, DENY_POLICY
+from tests.support.sandbox import PROFILE, AwsSandbox
 
 DEADLINE = 30.0
 STORE_DELAY = 2.0

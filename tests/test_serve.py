@@ -24,32 +24,27 @@ from typing import Any
 import anyio
 import pytest
 
+from harness.aws_env import REGION
+from harness.loopback import http_get
+from harness.moto import MotoServer
+from harness.waiting import wait_until
 from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.model import SessionStatus
-from tests.support.moto import REGION, MotoServer
-from tests.support.sentinel_proc import (
+from tests.support.files import decision_statuses, write_atomically
+from tests.support.notify_socket import NotifySocket
+from tests.support.policies import DENY_POLICY
+from tests.support.sandbox import PROFILE, AwsSandbox
+from tests.support.sentinel_process import SentinelProcess, run_sentinel
+from tests.support.serve import (
     DEFAULT_TOKEN_FILE,
-    DENY_POLICY,
-    PROFILE,
     SMALL_INTERVALS,
-    AwsSandbox,
-    NotifySocket,
-    SentinelProcess,
     Served,
-    decision_statuses,
-    delete_store_session,
-    fetch_with_botocore,
-    hammer,
-    http_get,
     read_env_file,
-    run_sentinel,
     serving,
     shutdown_summary,
-    store_session,
-    wait_until,
-    workload_environment,
-    write_atomically,
 )
+from tests.support.store_rows import delete_store_session, store_session
+from tests.support.workload import fetch_with_botocore, hammer, workload_environment
 
 BROKEN_POLICY = 'version: "1"\nrules:\n  - name: half-edited\n    effect: alow\n'
 

@@ -7,24 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]  # no boto3 stubs installed; test setup only
-import orjson
 import pytest
 
+from harness.aws_env import ensure_role
+from harness.moto import MotoServer
 from tests.credentials.support import ManualClock, StsProxy
-from tests.support.moto import MotoServer
-
-TRUST_POLICY = orjson.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
-            }
-        ],
-    }
-).decode()
 
 
 @pytest.fixture
@@ -54,6 +41,4 @@ def iam(moto_server: MotoServer) -> Iterator[Any]:
 def role_arn(iam: Any, aws_endpoint: str) -> str:
     """A fresh IAM role in moto (unique name, so moto's records of it belong to this test)."""
     name = f"sentinel-test-{secrets.token_hex(4)}"
-    response = iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST_POLICY, MaxSessionDuration=43200)
-    arn: str = response["Role"]["Arn"]
-    return arn
+    return ensure_role(iam, name)

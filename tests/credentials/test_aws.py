@@ -13,6 +13,7 @@ import aioboto3
 import orjson
 import pytest
 
+from harness.loopback import free_port
 from sentinel.credentials import (
     AwsContext,
     StsRoleAssumer,
@@ -23,7 +24,6 @@ from sentinel.credentials import (
 )
 from sentinel.errors import CredentialError
 from tests.credentials.support import NO_RETRY, StsProxy, write_aws_files
-from tests.support.moto import free_port
 
 SESSION_ID = "00112233445566ff"
 HOSTILE = "User arn:aws:iam::123456789012:user/alice is not authorized; secret=hunter2"

@@ -9,9 +9,9 @@ import aioboto3
 import pytest
 from aiobotocore.config import AioConfig
 
+from harness.loopback import free_port
 from sentinel.errors import PolicyError
 from sentinel.policy import MAX_POLICY_BYTES, FilePolicySource, SsmPolicySource, parse_policy
-from tests.support.moto import free_port
 
 POLICY = b'version: "1"\nrules:\n  - name: everyone\n    effect: allow\n    max_server_duration: 1h\n'
 REGION = "us-east-1"

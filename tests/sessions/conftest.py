@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.aws_env import REGION
+from harness.loopback import free_port
 from sentinel.sessions.model import DEFAULT_RETENTION, Retention, ServerSession, new_session_id
 from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
 from tests.support.dynamodb_lint import linted_session
-from tests.support.moto import REGION, free_port
 
 STORE_KINDS = ["sqlite", "dynamodb"]
 

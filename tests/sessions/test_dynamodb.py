@@ -17,6 +17,8 @@ import anyio
 import pytest
 from botocore.exceptions import ClientError
 
+from harness.aws_env import REGION
+from harness.loopback import free_port
 from sentinel.sessions.dynamodb import DynamoDBSessionStore, create_session_table
 from sentinel.sessions.dynamodb_table import to_item, translate_error
 from sentinel.sessions.errors import (
@@ -28,7 +30,6 @@ from sentinel.sessions.errors import (
 )
 from sentinel.sessions.model import DEFAULT_RETENTION, ServerSession, SessionStatus
 from tests.support.dynamodb_lint import DynamoDBLint, DynamoDBRequestInvalid, check_request
-from tests.support.moto import REGION, free_port
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

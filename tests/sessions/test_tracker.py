@@ -17,6 +17,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from harness.aws_env import REGION
+from harness.faulty_store import FaultyStore
+from harness.moto import MotoServer
 from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound
@@ -25,8 +28,6 @@ from sentinel.sessions.retry import Backoff
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
 from tests.sessions.conftest import FakeClock, StoreBackend
-from tests.support.faulty_store import FaultyStore
-from tests.support.moto import REGION, MotoServer
 
 # Small intervals keep the worker busy in a test's time scale; the logic does not depend on them.
 FAST_BACKOFF = Backoff(initial=0.01, maximum=0.05)

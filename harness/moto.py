@@ -1,33 +1,21 @@
 """A real moto server process on a free loopback port, reached over HTTP (DESIGN.md §7).
 
 It is a subprocess, not an in-process mock, so tests can stop it (store unreachable) and start it
-again on the same port (store back, empty) like a real outage.
+again on the same port (store back, empty) like a real outage. The benchmarks use it as their AWS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from tests.support.process import stop_process
-
-# The region every test's AWS clients use (the session-wide environment sets it too).
-REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
+from harness.loopback import free_port
+from harness.process import stop_process, wait_serving
 
 # moto's backends take no locks: two concurrent UpdateItem ADDs on one item can lose one (the
 # contract suite saw 199 of 200 touches). Real DynamoDB applies each item write atomically;
@@ -71,17 +59,18 @@ class MotoServer:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self._proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):  # noqa: S310 - loopback
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"moto_server did not come up on {self.url} within {timeout}s")
+        try:
+            wait_serving(self._proc, self._answers, f"moto_server on {self.url}", timeout)
+        except RuntimeError:
+            self._proc = None
+            raise
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):  # noqa: S310 - loopback
+                return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def stop(self) -> None:
         if self._proc is None:

@@ -15,10 +15,10 @@ from typing import Literal, TypeVar
 
 import anyio
 
+from harness.store_wrapper import DelegatingStore
 from sentinel.sessions.errors import StoreUnavailable
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracking import Broadcast
-from tests.support.store_wrapper import DelegatingStore
 
 T = TypeVar("T")
 FaultKind = Literal["slow", "fail", "block"]
