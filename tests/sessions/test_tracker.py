@@ -21,9 +21,10 @@ from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.null_tracker import NullTracker
 from sentinel.sessions.retry import Backoff
 from sentinel.sessions.store import SessionStore
-from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+from sentinel.sessions.tracker import SessionTracker, Tracker
 from tests.sessions.conftest import FakeClock, StoreBackend
 from tests.support.faulty_store import FaultyStore
 from tests.support.moto import REGION, MotoServer

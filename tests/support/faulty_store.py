@@ -15,9 +15,9 @@ from typing import Literal, TypeVar
 
 import anyio
 
+from sentinel.broadcast import Broadcast
 from sentinel.sessions.errors import StoreUnavailable
 from sentinel.sessions.store import SessionStore
-from sentinel.sessions.tracking import Broadcast
 from tests.support.store_wrapper import DelegatingStore
 
 T = TypeVar("T")
