@@ -20,8 +20,6 @@ from typing import Any, Literal
 from sentinel.errors import ConfigError
 from sentinel.loopback import loopback_address
 
-LogFormat = Literal["text", "json"]
-
 _DURATION_PART = re.compile(r"(\d+)(h|m|s)")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.@=+-]{1,64}")
@@ -215,10 +213,6 @@ class ServerConfig:
     session_table: str | None = _DEFAULTS["session_table"]
     session_db: Path | None = _DEFAULTS["session_db"]
     no_session_tracking: bool = _DEFAULTS["no_session_tracking"]
-
-    @property
-    def policy_source(self) -> str:
-        return f"ssm:{self.policy_parameter}" if self.policy_parameter else f"file:{self.policy_file}"
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
