@@ -1,7 +1,7 @@
 """The session tracker: touch queue, coalescing flusher and revocation watch (DESIGN.md §4, issue 4).
 
 The hot path calls `touch_nowait()` after each successful issuance and reads `revoked`; neither
-touches the store. A worker (`run()`, started in the daemon's task group) drains the bounded queue
+touches the store. A worker (`run()`, started in the assembly's task group) drains the bounded queue
 into a per-session pending buffer and writes it out with at most one flush in flight, in its own
 task, so a slow or dead store never stops the draining. Store calls for this server's own session
 go through `SessionRecorder`, which creates, recreates and ends the record.
@@ -45,7 +45,7 @@ _Event = tuple[str | None, float]  # (session id or None for our own, Clock.mono
 
 
 class Tracker(Protocol):
-    """What the daemon and the hot path use; `SessionTracker` and `NullTracker` implement it."""
+    """What the assembly and the hot path use; `SessionTracker` and `NullTracker` implement it."""
 
     @property
     def revoked(self) -> bool: ...
