@@ -19,24 +19,24 @@ import tempfile
 import time
 import timeit
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import anyio
 import orjson
 import uvloop
 
 from bench import aws
 from bench.tools import Pinning
-from sentinel.audit import DecisionEntry, DecisionLog, open_decision_log
-from sentinel.clock import SYSTEM_CLOCK
-from sentinel.credentials import CredentialCache, Credentials
-from sentinel.metrics import Registry
+from sentinel.assembly import Assembly, GivenCredentials, Hooks, assemble
+from sentinel.audit import DecisionEntry
+from sentinel.config import ServerConfig
+from sentinel.credentials import Credentials
 from sentinel.pipeline import Identity, Pipeline
-from sentinel.policy import FilePolicySource, Mode, PolicyRequest, PolicyWatcher, evaluate
-from sentinel.sessions.model import ServerSession, new_session_id
-from sentinel.sessions.sqlite import SqliteSessionStore
-from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+from sentinel.policy import Mode, PolicyRequest, PolicyWatcher, evaluate
+from sentinel.sessions.tracker import SessionTracker
 
 _log = logging.getLogger("bench")
 _ROLE_ARN = "arn:aws:iam::123456789012:role/sentinel-bench"
@@ -74,57 +74,35 @@ async def per_request_us(pipeline: Pipeline, bursts: int = 2000) -> float:
 async def measure(work: Path) -> dict[str, float]:
     policy = work / "policy.yaml"
     policy.write_text(aws.POLICY)
-    watcher = PolicyWatcher(FilePolicySource(policy))
-    await watcher.load_initial()
-    session_id = new_session_id()
-    identity = Identity(
-        "bench", "default", _ROLE_ARN, session_id, f"sentinel.bench.{session_id}", Mode.SERVER
-    )
-    template = ServerSession.start(
-        session_id=session_id,
-        user="bench",
-        profile="default",
+    # No listener and no STS: the assembly's pipeline, over fixed credentials.
+    base = ServerConfig(
+        policy_file=policy,
         server_instance_id="bench-micro",
-        source_identity=identity.source_identity,
+        session_db=work / "sessions.db",
+        no_session_tracking=True,
     )
+    hooks = Hooks(credentials=GivenCredentials(FixedSource(), user="bench", role_arn=_ROLE_ARN))
+
+    def assembled(**changes: Any) -> AbstractAsyncContextManager[Assembly]:
+        return assemble(replace(base, **changes), Mode.SERVER, listen=False, hooks=hooks)
+
     results: dict[str, float] = {}
-    async with anyio.create_task_group() as tg, CredentialCache(FixedSource()) as cache:
-
-        async def pipeline(tracker: Tracker, audit: DecisionLog) -> Pipeline:
-            built = Pipeline(
-                identity=identity,
-                policy=watcher,
-                cache=cache,
-                tracker=tracker,
-                audit=audit,
-                registry=Registry(),
-                clock=SYSTEM_CLOCK,
-                server_duration=timedelta(minutes=15),
-            )
-            await built.prefetch()
-            return built
-
-        results["issue_nowait: tracking off, no decision log (b)"] = await per_request_us(
-            await pipeline(NullTracker(), open_decision_log(None))
-        )
-        store = await SqliteSessionStore.open(work / "sessions.db")
-        tracker = SessionTracker(store, template)
-        await tg.start(tracker.run)
-        results["issue_nowait: tracking on, touch + drain (c, d)"] = await per_request_us(
-            await pipeline(tracker, open_decision_log(None))
-        )
-        audit = open_decision_log(str(work / "decisions.jsonl"))
-        await tg.start(audit.run)
-        results["issue_nowait: decision log on, writer thread running (h)"] = await per_request_us(
-            await pipeline(NullTracker(), audit), bursts=500
-        )
-        results["  of which: decision log lines dropped (should be 0)"] = float(audit.statistics().dropped)
+    async with assembled() as parts:
+        results["issue_nowait: tracking off, no decision log (b)"] = await per_request_us(parts.pipeline)
+    async with assembled(no_session_tracking=False) as parts:
+        results["issue_nowait: tracking on, touch + drain (c, d)"] = await per_request_us(parts.pipeline)
+        if parts.store is None:
+            raise RuntimeError(f"no session store at {base.session_db}")
         # A second tracker, never started, with room for every timed touch (no drop path).
-        results |= pieces(identity, watcher, SessionTracker(store, template, queue_size=1_000_000))
-        await audit.aclose()
-        await tracker.shutdown(2.0)
-        await store.aclose()
-        tg.cancel_scope.cancel()
+        spare = SessionTracker(parts.store, parts.session, queue_size=1_000_000)
+        results |= pieces(parts.pipeline.identity, parts.watcher, spare)
+    async with assembled(decision_log=str(work / "decisions.jsonl")) as parts:
+        results["issue_nowait: decision log on, writer thread running (h)"] = await per_request_us(
+            parts.pipeline, bursts=500
+        )
+        results["  of which: decision log lines dropped (should be 0)"] = float(
+            parts.audit.statistics().dropped
+        )
     return results
 
 

@@ -99,7 +99,7 @@ def summarise(raw: Path) -> dict[str, Any]:
 
 
 def _function(frame: str) -> str:
-    """`handle (/abs/sentinel/server/protocol.py:120)` -> `handle (sentinel/server/protocol.py)`: one
+    """`handle (/abs/sentinel/server/connection.py:120)` -> `handle (sentinel/server/connection.py)`: one
     entry per function, whichever of its lines was executing."""
     name, paren, location = frame.strip().rpartition(" (")
     if not paren:

@@ -1,5 +1,5 @@
-"""The server under test: Sentinel's real parts, wired as `sentinel/daemon.py` wires them, with the
-scenario switches of issue 6 (run as `python -m bench.target ...`, pinned by the harness).
+"""The server under test: Sentinel's real parts, built by `sentinel/assembly.py` as for the daemon, with
+the scenario switches of issue 6 (run as `python -m bench.target ...`, pinned by the harness).
 
 It runs in-process rather than as `sentinel serve` so the store can be wrapped (counted at the
 store, optionally slowed) and the baseline service put in front. Control is line-based: it prints
@@ -16,50 +16,61 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import orjson
-from anyio.abc import TaskGroup
 
 from bench.baseline import InlineTouchService
 from bench.stores import MeteredStore
 from sentinel import logs
-from sentinel.audit import DecisionLog, open_decision_log
-from sentinel.clock import SYSTEM_CLOCK
-from sentinel.credentials import (
-    CredentialCache,
-    StsRoleAssumer,
-    open_aws,
-    resolve_user,
-    role_session_name,
-    source_identity,
-)
-from sentinel.metrics import Registry
-from sentinel.pipeline import Identity, Pipeline
-from sentinel.policy import FilePolicySource, Mode, PolicyWatcher
-from sentinel.server import Server, start_server
+from sentinel.assembly import Assembly, Hooks, assemble
+from sentinel.config import ServerConfig
+from sentinel.pipeline import Pipeline
+from sentinel.policy import Mode
 from sentinel.server.service import CredentialService
-from sentinel.sessions.factory import open_store
-from sentinel.sessions.model import ServerSession, new_session_id
-from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
-
-_SHUTDOWN_TIMEOUT = 5.0
+from sentinel.sessions.store import SessionStore
 
 
-@dataclass(frozen=True, slots=True)
-class Parts:
-    server: Server
-    pipeline: Pipeline
-    tracker: Tracker
-    audit: DecisionLog
-    cache: CredentialCache
-    store: MeteredStore | None
-    token: str
+class Scenario:
+    """The switches of issue 6 as assembly hooks: the store counted (and slowed) at the store,
+    and for scenario g the old inline-touch design in front of the pipeline."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.store_delay: float = options.store_delay
+        self.inline_touch: bool = options.inline_touch
+        self.store: MeteredStore | None = None
+
+    def hooks(self) -> Hooks:
+        if self.inline_touch:
+            return Hooks(wrap_store=self.meter, wrap_service=self.inline, track=False)
+        return Hooks(wrap_store=self.meter)
+
+    def meter(self, inner: SessionStore) -> SessionStore:
+        self.store = MeteredStore(inner, delay=self.store_delay)
+        return self.store
+
+    def inline(self, pipeline: Pipeline) -> CredentialService:
+        if self.store is None:
+            raise RuntimeError("--inline-touch needs a store")
+        return InlineTouchService(pipeline, self.store, pipeline.identity.session_id)
+
+
+def server_config(options: argparse.Namespace) -> ServerConfig:
+    """The daemon's configuration for this scenario (the store, its intervals, the decision log)."""
+    return ServerConfig(
+        role_arn=options.role_arn,
+        region=options.region,
+        policy_file=options.policy_file,
+        server_instance_id=f"bench-{secrets.token_hex(4)}",
+        decision_log=options.decision_log,
+        flush_interval=options.flush_interval,
+        queue_size=options.queue_size,
+        session_table=options.session_table if options.store == "dynamodb" else None,
+        session_db=options.session_db if options.store == "sqlite" else None,
+        no_session_tracking=options.store == "none",
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,105 +106,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(options: argparse.Namespace) -> None:
-    async with anyio.create_task_group() as tg, AsyncExitStack() as stack:
-        parts = await _start(options, stack, tg)
-        _emit({"event": "ready", "pid": os.getpid(), "port": parts.server.port, "token": parts.token})
+    scenario = Scenario(options)
+    async with assemble(server_config(options), Mode.SERVER, hooks=scenario.hooks()) as parts:
+        if scenario.inline_touch and scenario.store is not None:
+            # The old design created its record up front, synchronously.
+            await scenario.store.create(parts.session)
+        _emit({"event": "ready", "pid": os.getpid(), "port": parts.listener.port, "token": parts.token})
         while (await anyio.to_thread.run_sync(sys.stdin.readline)).strip() == "stats":
-            _emit(_stats(parts))
-        # Shutdown in the daemon's order (DESIGN.md §5): HTTP, then tracking, then the log.
-        with anyio.CancelScope(shield=True):
-            await parts.server.shutdown(grace=_SHUTDOWN_TIMEOUT * 0.3)
-            summary = await parts.tracker.shutdown(_SHUTDOWN_TIMEOUT * 0.6)
-            await parts.audit.aclose(timeout=_SHUTDOWN_TIMEOUT * 0.1)
-        _emit({**_stats(parts), "event": "stopped", "shutdown": summary})
-        tg.cancel_scope.cancel()
+            _emit(_stats(parts, scenario))
+        summary = await parts.shutdown()
+        _emit({**_stats(parts, scenario), "event": "stopped", "shutdown": summary})
 
 
-async def _start(options: argparse.Namespace, stack: AsyncExitStack, tg: TaskGroup) -> Parts:
-    """`daemon._started`, minus config parsing and systemd, plus the scenario switches."""
-    registry = Registry()
-    watcher = PolicyWatcher(FilePolicySource(options.policy_file))
-    await watcher.load_initial()
-    aws = await open_aws(None, options.region, options.role_arn)
-    sts = await stack.enter_async_context(aws.sts_client())
-    caller = await resolve_user(sts)
-    profile = aws.plan.profile or "default"
-    session_id = new_session_id()
-    identity = Identity(
-        user=caller.user,
-        profile=profile,
-        role_arn=aws.role_arn,
-        session_id=session_id,
-        source_identity=source_identity(caller.user, session_id),
-        mode=Mode.SERVER,
-    )
-    assumer = StsRoleAssumer(
-        sts, role_session_name=role_session_name(caller.user), source_identity=identity.source_identity
-    )
-    cache = await stack.enter_async_context(CredentialCache(assumer, registry=registry))
-    template = ServerSession.start(
-        session_id=session_id,
-        user=caller.user,
-        profile=profile,
-        server_instance_id=f"bench-{secrets.token_hex(4)}",
-        source_identity=identity.source_identity,
-    )
-    store = await _open_store(options, stack)
-    tracker: Tracker = NullTracker()
-    if store is not None and not options.inline_touch:
-        tracker = SessionTracker(
-            store,
-            template,
-            registry=registry,
-            queue_size=options.queue_size,
-            flush_interval=options.flush_interval,
-        )
-    audit = open_decision_log(options.decision_log, registry=registry)
-    pipeline = Pipeline(
-        identity=identity,
-        policy=watcher,
-        cache=cache,
-        tracker=tracker,
-        audit=audit,
-        registry=registry,
-        clock=SYSTEM_CLOCK,
-        server_duration=timedelta(minutes=15),
-    )
-    await pipeline.prefetch()
-    service: CredentialService = pipeline
-    if options.inline_touch and store is not None:
-        await store.create(template)  # the old design created its record up front, synchronously
-        service = InlineTouchService(pipeline, store, session_id)
-    token = secrets.token_urlsafe(32)
-    server = await start_server(service, token=token, metrics=registry)
-    await tg.start(tracker.run)
-    await tg.start(watcher.run)
-    await tg.start(audit.run)
-    with anyio.move_on_after(_SHUTDOWN_TIMEOUT):
-        await tracker.start_session()
-    return Parts(server, pipeline, tracker, audit, cache, store, token)
-
-
-async def _open_store(options: argparse.Namespace, stack: AsyncExitStack) -> MeteredStore | None:
-    if options.store == "none":
-        return None
-    inner = await open_store(
-        session_table=options.session_table if options.store == "dynamodb" else None,
-        session_db=options.session_db if options.store == "sqlite" else None,
-        region=options.region,
-    )
-    stack.push_async_callback(inner.aclose)
-    return MeteredStore(inner, delay=options.store_delay)
-
-
-def _stats(parts: Parts) -> dict[str, object]:
+def _stats(parts: Assembly, scenario: Scenario) -> dict[str, object]:
     return {
         "event": "stats",
-        "store": parts.store.counts() if parts.store is not None else None,
+        "store": scenario.store.counts() if scenario.store is not None else None,
         "tracker": parts.tracker.statistics(),
         "audit": parts.audit.statistics(),
         "cache": parts.cache.statistics(),
-        "server": parts.server.statistics(),
+        "server": parts.listener.statistics(),
     }
 
 

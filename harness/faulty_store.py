@@ -16,9 +16,9 @@ from typing import Literal, TypeVar
 import anyio
 
 from harness.store_wrapper import DelegatingStore
+from sentinel.broadcast import Broadcast
 from sentinel.sessions.errors import StoreUnavailable
 from sentinel.sessions.store import SessionStore
-from sentinel.sessions.tracking import Broadcast
 
 T = TypeVar("T")
 FaultKind = Literal["slow", "fail", "block"]

@@ -7,7 +7,6 @@ whose message names the option and the source, on one line (the CLI maps it to e
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sentinel.errors import ConfigError
-
-LogFormat = Literal["text", "json"]
+from sentinel.loopback import loopback_address
 
 _DURATION_PART = re.compile(r"(\d+)(h|m|s)")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -130,23 +128,6 @@ def _decision_log(value: Any) -> str:
     return value
 
 
-def loopback_address(host: str) -> str:
-    """The literal address to bind for `host`; anything but loopback is a ValueError.
-
-    The one loopback check (DESIGN.md §6: the listener binds loopback only), used to validate
-    `--host` and again by the server before it binds. "localhost" means 127.0.0.1, not whatever
-    a resolver says: a hosts file that maps it elsewhere must not move the listener off loopback."""
-    if host == "localhost":
-        return "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not a loopback address") from None
-    if not address.is_loopback:
-        raise ValueError(f"{host!r} is not a loopback address; Sentinel binds loopback only")
-    return str(address)
-
-
 def check_loopback_host(value: Any) -> str:
     """`--host`: a loopback literal (IPv6 may be bracketed) or localhost."""
     if not isinstance(value, str):
@@ -202,36 +183,36 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 
 
+# `ServerConfig` reads its defaults from here: each default is written once, in `OPTIONS`.
+_DEFAULTS: dict[str, Any] = {option.field: option.default for option in OPTIONS}
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything `serve` and `exec --server` need, validated."""
 
-    profile: str | None = None
-    role_arn: str | None = None
-    region: str | None = None
-    policy_file: Path | None = None
-    policy_parameter: str | None = None
-    policy_refresh: float = 30.0
-    host: str = "127.0.0.1"
-    port: int = 0
-    token_file: Path | None = None
-    server_duration: timedelta = timedelta(minutes=15)
-    server_instance_id: str | None = None
-    decision_log: str | None = None
-    flush_interval: float = 1.0
-    queue_size: int = 10_000
-    revocation_poll: float = 2.0
-    shutdown_timeout: float = 5.0
-    lazy: bool = False
-    env_file: Path | None = None
-    log_format: str = "text"
-    session_table: str | None = None
-    session_db: Path | None = None
-    no_session_tracking: bool = False
-
-    @property
-    def policy_source(self) -> str:
-        return f"ssm:{self.policy_parameter}" if self.policy_parameter else f"file:{self.policy_file}"
+    profile: str | None = _DEFAULTS["profile"]
+    role_arn: str | None = _DEFAULTS["role_arn"]
+    region: str | None = _DEFAULTS["region"]
+    policy_file: Path | None = _DEFAULTS["policy_file"]
+    policy_parameter: str | None = _DEFAULTS["policy_parameter"]
+    policy_refresh: float = _DEFAULTS["policy_refresh"]
+    host: str = _DEFAULTS["host"]
+    port: int = _DEFAULTS["port"]
+    token_file: Path | None = _DEFAULTS["token_file"]
+    server_duration: timedelta = _DEFAULTS["server_duration"]
+    server_instance_id: str | None = _DEFAULTS["server_instance_id"]
+    decision_log: str | None = _DEFAULTS["decision_log"]
+    flush_interval: float = _DEFAULTS["flush_interval"]
+    queue_size: int = _DEFAULTS["queue_size"]
+    revocation_poll: float = _DEFAULTS["revocation_poll"]
+    shutdown_timeout: float = _DEFAULTS["shutdown_timeout"]
+    lazy: bool = _DEFAULTS["lazy"]
+    env_file: Path | None = _DEFAULTS["env_file"]
+    log_format: str = _DEFAULTS["log_format"]
+    session_table: str | None = _DEFAULTS["session_table"]
+    session_db: Path | None = _DEFAULTS["session_db"]
+    no_session_tracking: bool = _DEFAULTS["no_session_tracking"]
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:

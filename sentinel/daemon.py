@@ -1,57 +1,32 @@
-"""The composition root (DESIGN.md §5): opens resources, wires the parts, runs the lifecycle.
+"""The lifecycle (DESIGN.md §5): signals, systemd notifications, workload files, the exec child.
 
-startup -> run -> shutdown, as a straight line. No business logic lives here: the hot path is
-`pipeline.py`, session tracking `sessions/tracker.py`, the HTTP layer `server/`.
+startup -> run -> shutdown, as a straight line. The parts are built and torn down by
+`assembly.py`; no business logic lives here: the hot path is `pipeline.py`, session tracking
+`sessions/tracker.py`, the HTTP layer `server/`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
-import socket
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
-from anyio.abc import TaskGroup
 
 from sentinel import child, logs
-from sentinel.audit import DecisionLog, open_decision_log
-from sentinel.clock import SYSTEM_CLOCK
+from sentinel.assembly import Assembly, assemble
 from sentinel.config import ServerConfig, default_token_file
-from sentinel.credentials import (
-    AwsContext,
-    CredentialCache,
-    StsRoleAssumer,
-    open_aws,
-    resolve_user,
-    role_session_name,
-    source_identity,
-)
-from sentinel.errors import ConfigError, CredentialError, SentinelError
+from sentinel.errors import ConfigError, SentinelError
 from sentinel.files import write_env_file, write_secret_file
-from sentinel.metrics import Registry
-from sentinel.pipeline import Identity, Pipeline
-from sentinel.policy import FilePolicySource, Mode, PolicySource, PolicyWatcher, SsmPolicySource
-from sentinel.server.listener import Server, start_server
-from sentinel.sessions.errors import SessionStoreError
-from sentinel.sessions.factory import open_store
-from sentinel.sessions.model import ServerSession, new_session_id
-from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+from sentinel.policy import Mode
 from sentinel.systemd import SystemdNotifier, watchdog_loop
 
 _log = logging.getLogger("sentinel")
-
-# Shares of --shutdown-timeout: in-flight HTTP requests first, then the tracker's drain, final
-# flush and expire; what is left closes clients. Each step has its own deadline (issue 4 item 4).
-_HTTP_SHARE = 0.3
-_TRACKER_SHARE = 0.6
 
 
 def serve(config: ServerConfig) -> int:
@@ -96,182 +71,13 @@ def _first_sentinel_error(group: BaseExceptionGroup[BaseException]) -> SentinelE
     return None
 
 
-# -- startup pieces -----------------------------------------------------------------------------
+# -- shutdown -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Running:
-    """A started server and the parts the lifecycle needs to stop it."""
-
-    server: Server | None
-    pipeline: Pipeline
-    tracker: Tracker
-    watcher: PolicyWatcher
-    audit: DecisionLog
-    session: ServerSession
-    token: str
-    region: str | None  # the profile's (or --region's): the child cannot read the config file
-    background: TaskGroup  # the tracker, watcher, decision log (and watchdog) tasks
-
-    @property
-    def listener(self) -> Server:
-        if self.server is None:
-            raise RuntimeError("started without a listener")
-        return self.server
-
-
-async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWatcher:
-    source: PolicySource
-    if config.policy_parameter:
-        source = await stack.enter_async_context(
-            SsmPolicySource(config.policy_parameter, region=config.region)
-        )
-    elif config.policy_file:
-        source = FilePolicySource(config.policy_file)
-    else:
-        raise ConfigError("no policy: give --policy-file PATH or --policy-parameter NAME")
-    watcher = PolicyWatcher(source, ttl=config.policy_refresh)
-    await watcher.load_initial()
-    return watcher
-
-
-async def _open_tracker(
-    config: ServerConfig,
-    stack: AsyncExitStack,
-    template: ServerSession,
-    registry: Registry,
-    aws: AwsContext,
-) -> Tracker:
-    if config.no_session_tracking:
-        return NullTracker()
-    try:
-        store = await open_store(
-            session_table=config.session_table,
-            session_db=config.session_db,
-            region=aws.plan.region,
-            session=aws.session,
-        )
-    except SessionStoreError as exc:
-        # Best-effort tracking: a store we cannot even open must not stop credential serving.
-        _log.warning("session tracking disabled: %s", exc)
-        return NullTracker()
-    stack.push_async_callback(_shielded, store.aclose)
-    return SessionTracker(
-        store,
-        template,
-        registry=registry,
-        queue_size=config.queue_size,
-        flush_interval=config.flush_interval,
-        revocation_poll=config.revocation_poll,
-    )
-
-
-async def _shielded(close: object) -> None:
-    with anyio.move_on_after(2, shield=True):
-        await close()  # type: ignore[operator]
-
-
-@asynccontextmanager
-async def _started(config: ServerConfig, mode: Mode, *, listen: bool = True) -> AsyncIterator[Running]:
-    """Startup (DESIGN.md §5) up to a bound, ready listener; the exit stack closes it all.
-
-    The background tasks live in a task group inside the exit stack: they are cancelled when the
-    caller's block ends (after its `_shutdown`), and only then are clients and the store closed.
-    A task group around this block instead, cancelled from inside it, made every checkpoint of
-    the closing raise Cancelled, which cut it short and replaced any exception in flight."""
-    registry = Registry()
-    async with AsyncExitStack() as stack:
-        watcher = await _open_policy(config, stack)
-        aws = await open_aws(config.profile, config.region, config.role_arn)
-        sts = await stack.enter_async_context(aws.sts_client())
-        caller = await resolve_user(sts)
-        profile = config.profile or aws.plan.profile or "default"
-        session_id = new_session_id()
-        identity = Identity(
-            user=caller.user,
-            profile=profile,
-            role_arn=aws.role_arn,
-            session_id=session_id,
-            source_identity=source_identity(caller.user, session_id),
-            mode=mode,
-        )
-        assumer = StsRoleAssumer(
-            sts,
-            role_session_name=role_session_name(caller.user),
-            source_identity=identity.source_identity,
-            external_id=aws.plan.external_id,
-        )
-        cache = await stack.enter_async_context(CredentialCache(assumer, registry=registry))
-        template = ServerSession.start(
-            session_id=session_id,
-            user=caller.user,
-            profile=profile,
-            server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
-            source_identity=identity.source_identity,
-        )
-        tracker = await _open_tracker(config, stack, template, registry, aws)
-        audit = open_decision_log(config.decision_log, registry=registry)
-        pipeline = Pipeline(
-            identity=identity,
-            policy=watcher,
-            cache=cache,
-            tracker=tracker,
-            audit=audit,
-            registry=registry,
-            clock=SYSTEM_CLOCK,
-            server_duration=config.server_duration,
-        )
-        if not config.lazy:
-            await _prefetch(pipeline)
-        token = secrets.token_urlsafe(32)
-        server = None
-        if listen:
-            server = await start_server(
-                pipeline, token=token, host=config.host, port=config.port, metrics=registry
-            )
-        async with anyio.create_task_group() as background:
-            await background.start(tracker.run)
-            await background.start(watcher.run)
-            await background.start(audit.run)
-            # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
-            with anyio.move_on_after(max(config.shutdown_timeout, 1)):
-                await tracker.start_session()
-            _log.info(
-                "session %s for %s (profile %s, role %s) on %s",
-                session_id,
-                caller.user,
-                profile,
-                aws.role_arn,
-                server.url if server else "no listener",
-            )
-            try:
-                yield Running(
-                    server, pipeline, tracker, watcher, audit, template, token, aws.plan.region, background
-                )
-            finally:
-                background.cancel_scope.cancel()
-
-
-async def _prefetch(pipeline: Pipeline) -> None:
-    """Fetch credentials once at startup so a broken role fails the start, not the first request."""
-    try:
-        allowed = await pipeline.prefetch()
-    except CredentialError as exc:
-        raise CredentialError(f"startup: {exc} (use --lazy to start anyway)") from None
-    if not allowed:
-        _log.warning("the policy denies this session right now; serving anyway (it is evaluated per request)")
-
-
-async def _shutdown(config: ServerConfig, running: Running, notifier: SystemdNotifier) -> None:
-    """stop accepting -> finish in-flight -> drain + flush + expire -> close (DESIGN.md §4)."""
+async def _shutdown(assembly: Assembly, notifier: SystemdNotifier) -> None:
+    """Tell systemd, then the assembly's one teardown order (DESIGN.md §4)."""
     notifier.stopping()
-    budget = config.shutdown_timeout
-    with anyio.CancelScope(shield=True):
-        if running.server is not None:
-            await running.server.shutdown(grace=budget * _HTTP_SHARE)
-        summary = await running.tracker.shutdown(budget * _TRACKER_SHARE)
-        await running.audit.aclose(timeout=max(budget * (1 - _HTTP_SHARE - _TRACKER_SHARE), 0.1))
-    _log.info("stopped: session %s (%s)", running.session.id, summary)
+    await assembly.shutdown()
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -280,7 +86,7 @@ async def _shutdown(config: ServerConfig, running: Running, notifier: SystemdNot
 async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
     # Absolute: the env file is read by other units, whose working directory is not ours.
     token_file = (config.token_file or default_token_file()).absolute()
-    async with _started(config, Mode.SERVER) as running:
+    async with assemble(config, Mode.SERVER) as running:
         try:
             # Handlers first: systemd may send SIGHUP (reload) or SIGTERM the moment it hears
             # READY=1, and the default action of both is to kill the process.
@@ -299,11 +105,11 @@ async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
                     await _reload(running, notifier)
         finally:
             # Also when a step above failed: the session was created and must not stay active.
-            await _shutdown(config, running, notifier)
+            await _shutdown(running, notifier)
     return 0
 
 
-def _write_workload_files(config: ServerConfig, running: Running, token_file: Path) -> None:
+def _write_workload_files(config: ServerConfig, running: Assembly, token_file: Path) -> None:
     """The token file, and the env file if asked for; an unwritable path is a one-line error."""
     try:
         write_secret_file(token_file, running.token)
@@ -316,7 +122,7 @@ def _write_workload_files(config: ServerConfig, running: Running, token_file: Pa
             raise ConfigError(f"--env-file {config.env_file}: cannot write ({exc.strerror or exc})") from None
 
 
-async def _reload(running: Running, notifier: SystemdNotifier) -> None:
+async def _reload(running: Assembly, notifier: SystemdNotifier) -> None:
     """SIGHUP: re-read the policy now (a bad one keeps the old) and reopen the decision log."""
     notifier.reloading()
     # reload() itself, not request_reload(): it waits for a background refresh in progress and
@@ -333,7 +139,7 @@ async def _reload(running: Running, notifier: SystemdNotifier) -> None:
 
 
 async def _exec_server(config: ServerConfig, argv: list[str], notifier: SystemdNotifier) -> int:
-    async with _started(config, Mode.SERVER) as running:
+    async with assemble(config, Mode.SERVER) as running:
         env = child.child_environment(
             os.environ,
             marker=running.session.id,
@@ -346,7 +152,7 @@ async def _exec_server(config: ServerConfig, argv: list[str], notifier: SystemdN
         try:
             code = await child.run_child(argv, env)
         finally:
-            await _shutdown(config, running, notifier)
+            await _shutdown(running, notifier)
     return code
 
 
@@ -354,10 +160,9 @@ async def _exec_cli(config: ServerConfig, argv: list[str]) -> int:
     """Without --server: evaluate the policy once (mode cli), pass credentials as variables."""
     # No listener and no server session in cli mode: one decision, one set of credentials.
     cli_config = replace(config, lazy=True, no_session_tracking=True)
-    async with _started(cli_config, Mode.CLI, listen=False) as running:
+    async with assemble(cli_config, Mode.CLI, listen=False) as running:
         reply = await running.pipeline.issue()
         credentials = running.pipeline.last_credentials
-        await _shutdown(config, running, SystemdNotifier())
     if reply.status != 200 or credentials is None:
         raise SentinelError(f"exec: credentials refused: {_reply_message(reply.body)}")
     env = child.child_environment(

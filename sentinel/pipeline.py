@@ -19,7 +19,7 @@ from sentinel.errors import CredentialError
 from sentinel.metrics import Registry
 from sentinel.policy import Decision, Mode, Policy, PolicyRequest, PolicyWatcher, evaluate
 from sentinel.server.service import JSON, PROMETHEUS_TEXT, Reply
-from sentinel.sessions.tracking import Tracker
+from sentinel.sessions.tracker import Tracker
 
 REVOKED_MESSAGE = "session revoked"
 UNAVAILABLE_MESSAGE = "credentials unavailable"
@@ -79,6 +79,10 @@ class Pipeline:
         # The decision of the current policy object when it has no time condition (see _evaluate).
         self._seen_policy: Policy | None = None
         self._constant_decision: Decision | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
 
     @property
     def last_credentials(self) -> Credentials | None:

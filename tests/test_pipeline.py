@@ -1,39 +1,36 @@
 """The hot path in-process, wired as the daemon wires it, over real loopback HTTP (issue 4).
 
-Real parts only: the policy from a file, STS AssumeRole against the moto server through the real
-`CredentialCache`/`StsRoleAssumer`, a real SQLite file behind `tests/support/faulty_store.py`'s
-wrapper, the real `SessionTracker`, `Pipeline` and `start_server`. The fault wrapper is what lets
-one test make the store slow on purpose and show that no request waits for it.
+Real parts only, built by `sentinel/assembly.py` as for the daemon: the policy from a file, STS
+AssumeRole against the moto server through the real `CredentialCache`/`StsRoleAssumer`, a real
+SQLite file behind `harness/faulty_store.py`'s wrapper, the real `SessionTracker`, `Pipeline`
+and listener. The fault wrapper is what lets one test make the store slow on purpose and show
+that no request waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import orjson
 import pytest
-from anyio.abc import TaskGroup
 
 from harness.faulty_store import FaultyStore
-from sentinel.audit import open_decision_log
+from sentinel.assembly import Hooks, assemble
 from sentinel.clock import SYSTEM_CLOCK, Clock
-from sentinel.credentials import CredentialCache, StsRoleAssumer, open_aws, resolve_user, role_session_name
-from sentinel.credentials import source_identity as make_source_identity
+from sentinel.config import ServerConfig
 from sentinel.metrics import Registry
-from sentinel.pipeline import Identity, Pipeline
-from sentinel.policy import FilePolicySource, Mode, PolicyWatcher
-from sentinel.server import Server, start_server
-from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
-from sentinel.sessions.sqlite import SqliteSessionStore
+from sentinel.policy import Mode, PolicyWatcher
+from sentinel.server import Server
+from sentinel.sessions.model import ServerSession, SessionStatus
+from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker
 from tests.sessions.conftest import FakeClock
 from tests.support.policies import ALLOW_POLICY, DENY_POLICY
@@ -69,66 +66,45 @@ class Wired:
 async def wiring(
     tmp_path: Path, clock: Clock = SYSTEM_CLOCK, *, prefetch: bool = True
 ) -> AsyncIterator[Wired]:
-    """The daemon's wiring, minus the daemon: policy, cache, tracker, pipeline, listener.
+    """The daemon's assembly, minus the daemon: policy, cache, tracker, pipeline, listener, with
+    the store behind a `FaultyStore` and the pipeline on `clock`.
 
     A context manager the test enters itself, not an async fixture: the task group must be
     entered and left by the same task."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(ALLOW_POLICY)
-    registry = Registry()
-    watcher = PolicyWatcher(FilePolicySource(policy))
-    await watcher.load_initial()
-    aws = await open_aws(PROFILE, None, None)
-    store = FaultyStore(await SqliteSessionStore.open(tmp_path / "sessions.db"))
-    async with aws.sts_client() as sts:
-        caller = await resolve_user(sts)
-        session_id = new_session_id()
-        source_identity = make_source_identity(caller.user, session_id)
-        assumer = StsRoleAssumer(
-            sts, role_session_name=role_session_name(caller.user), source_identity=source_identity
-        )
-        async with CredentialCache(assumer, registry=registry) as cache:
-            template = ServerSession.start(
-                session_id=session_id,
-                user=caller.user,
-                profile=PROFILE,
-                server_instance_id="pipeline-test",
-                source_identity=source_identity,
-            )
-            tracker = SessionTracker(
-                store, template, registry=registry, flush_interval=0.05, revocation_poll=0.05
-            )
-            pipeline = Pipeline(
-                identity=Identity(
-                    caller.user, PROFILE, aws.role_arn, session_id, source_identity, Mode.SERVER
-                ),
-                policy=watcher,
-                cache=cache,
-                tracker=tracker,
-                audit=open_decision_log(None),
-                registry=registry,
-                clock=clock,
-                server_duration=timedelta(minutes=15),
-            )
-            if prefetch:
-                assert await pipeline.prefetch()
-            token = secrets.token_urlsafe(32)
-            server = await start_server(pipeline, token=token, metrics=registry)
-            try:
-                async with anyio.create_task_group() as tg:
-                    await tg.start(tracker.run)
-                    await tracker.start_session()
-                    yield Wired(server, token, store, tracker, template, watcher, policy, registry)
-                    await _stop(tg, server, tracker, store)
-            finally:
-                await store.aclose()
+    config = ServerConfig(
+        profile=PROFILE,
+        policy_file=policy,
+        server_instance_id="pipeline-test",
+        session_db=tmp_path / "sessions.db",
+        flush_interval=0.05,
+        revocation_poll=0.05,
+        shutdown_timeout=DEADLINE,
+        lazy=not prefetch,
+    )
+    stores: list[FaultyStore] = []
 
+    def faulty(inner: SessionStore) -> SessionStore:
+        stores.append(FaultyStore(inner))
+        return stores[-1]
 
-async def _stop(tg: TaskGroup, server: Server, tracker: SessionTracker, store: FaultyStore) -> None:
-    store.heal()
-    await server.shutdown(grace=1)
-    await tracker.shutdown(DEADLINE)
-    tg.cancel_scope.cancel()
+    async with assemble(config, Mode.SERVER, hooks=Hooks(clock=clock, wrap_store=faulty)) as assembly:
+        assert isinstance(assembly.tracker, SessionTracker)
+        (store,) = stores
+        try:
+            yield Wired(
+                assembly.listener,
+                assembly.token,
+                store,
+                assembly.tracker,
+                assembly.session,
+                assembly.watcher,
+                policy,
+                assembly.registry,
+            )
+        finally:
+            store.heal()
 
 
 class KeepAlive:

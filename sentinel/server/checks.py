@@ -7,7 +7,6 @@ only when its length could match).
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from enum import IntEnum
 
@@ -150,10 +149,3 @@ class LoopbackHosts:
         if len(self.accepted) < self.MAX_REMEMBERED:
             self.accepted.add(value)
         return True
-
-
-def token_matches(presented: bytes | None, token: bytes) -> bool:
-    """Constant-time comparison of the `Authorization` value with the token."""
-    if presented is None:
-        return False
-    return hmac.compare_digest(presented, token)

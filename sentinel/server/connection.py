@@ -1,4 +1,14 @@
-"""The connection half that is not parsing: admission, ordered answers, flow control, timeouts, close.
+"""One accepted connection: reading requests with httptools' llhttp parser, the checks, and answering
+them in order, with flow control, timeouts and close (DESIGN.md §3, §7).
+
+The parser is a library; this is the strict part around it: GET only, no bodies, a bounded head
+(request line + headers) and header count, browser/proxy markers refused, Host must be loopback,
+the token compared in constant time. Only the few headers that matter are kept.
+
+Per-request CPU is the product (botocore re-fetches credentials on nearly every call), so a
+keep-alive `GET /` that passes every check and hits the credential cache takes one straight path
+in `on_message_complete`: checks -> `_issue_now()` -> one `transport.write()`. Anything else goes
+through `_dispatch`, which makes each decision explicitly.
 
 Ordering: a request answered synchronously (a cache hit, an error) is written at once. One that
 needs `await service.issue()` runs as a task; reading pauses until it finishes, and requests
@@ -9,34 +19,95 @@ order, when it completes. Responses leave in request order without a queue on th
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections import deque
 from typing import TypeAlias, cast
 
-from sentinel.server.http import INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, Canned, Route, render
+import httptools
+
+from sentinel.server.checks import HEADER_KINDS, HeaderKind, classify_header
+from sentinel.server.guard import SERVICE_FAILED
+from sentinel.server.http import (
+    BAD_HOST,
+    BODY_NOT_ALLOWED,
+    DUPLICATE_HEADER,
+    FOREIGN_CLIENT,
+    HEADERS_TOO_LARGE,
+    INTERNAL_ERROR,
+    MALFORMED,
+    METHOD_NOT_ALLOWED,
+    MISSING_HOST,
+    NOT_FOUND,
+    REQUEST_TIMEOUT,
+    SERVER_BUSY,
+    UNAUTHORIZED,
+    Canned,
+    Route,
+    render,
+    route_for,
+)
 from sentinel.server.service import Reply
 from sentinel.server.state import ServerState
 
+# Module-level aliases: the hot path compares identities without attribute lookups.
 _CREDENTIALS = Route.CREDENTIALS
 _HEALTHZ = Route.HEALTHZ
 _METRICS = Route.METRICS
 _OTHER = Route.OTHER
+_KIND_OTHER = HeaderKind.OTHER
+_KIND_HOST = HeaderKind.HOST
+_KIND_AUTHORIZATION = HeaderKind.AUTHORIZATION
+_KIND_FOREIGN = HeaderKind.FOREIGN
+_KIND_CONTENT_LENGTH = HeaderKind.CONTENT_LENGTH
+_KIND_CONNECTION = HeaderKind.CONNECTION
+_kind_of = HEADER_KINDS.get
+_compare_digest = hmac.compare_digest
+
+# Request flags; any of them sends the request off the fast path.
+_DUPLICATE = 1  # a second Host or Authorization header
+_FOREIGN = 2  # a browser or proxy marker (Origin, Sec-Fetch-*, X-Forwarded-For, Forwarded)
+_CONNECTION = 4  # a Connection header other than plain keep-alive (`close`, `upgrade`, ...)
+# `Connection: keep-alive` (sent by the JS and Java SDKs on HTTP/1.1) stays on the fast path, which
+# then only has to rule out HTTP/1.0.
+_KEEP_ALIVE = 8
+_KEEP_ALIVE_VALUES = frozenset((b"keep-alive", b"Keep-Alive", b"keep-Alive", b"Keep-alive"))
+
+_OWS = b" \t"
+
+# A parser that is never fed, swapped in when a connection ends: it drops the live parser's
+# reference back to the protocol, so the pair is freed by reference counting, not a GC pass.
+_DEAD_PARSER = httptools.HttpRequestParser(object())
+
 
 Item: TypeAlias = Canned | Route
 Pending: TypeAlias = tuple[Item, bool, Route]
 
 
-class Connection(asyncio.Protocol):
-    """Everything about one accepted connection except reading requests (see `protocol.py`)."""
+class _StopParsing(Exception):
+    """Raised from a parser callback once a response that ends the connection has been chosen."""
+
+
+class HttpConnection(asyncio.Protocol):
+    """The protocol instance for one accepted connection."""
 
     __slots__ = (
         "_admitted",
+        "_auth",
         "_backlog",
+        "_began_here",
+        "_bytes_left",
         "_closing",
+        "_flags",
+        "_headers_left",
+        "_host",
         "_in_head",
+        "_parser",
+        "_partial",
         "_read_paused",
         "_srv",
         "_task",
         "_transport",
+        "_url",
         "_write_paused",
         "deadline",
     )
@@ -55,6 +126,15 @@ class Connection(asyncio.Protocol):
         self._in_head = False
         # Loop time after which the listener's sweep calls `time_out()`; 0 = no deadline.
         self.deadline = 0.0
+        self._parser = _DEAD_PARSER
+        self._began_here = False
+        self._partial = 0
+        self._url = b""
+        self._host: bytes | None = None
+        self._auth: bytes | None = None
+        self._flags = 0
+        self._headers_left = 0
+        self._bytes_left = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -72,6 +152,7 @@ class Connection(asyncio.Protocol):
         limits = srv.limits
         self._transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
         self.deadline = srv.header_deadline
+        self._parser = httptools.HttpRequestParser(self)
 
     def eof_received(self) -> bool:
         self._closing = True
@@ -99,6 +180,159 @@ class Connection(asyncio.Protocol):
         if self._task is not None:
             self._task.cancel()
         self._backlog.clear()
+        self._parser = _DEAD_PARSER
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._began_here = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # CONNECT or an Upgrade request: it was answered like any other; what follows would be
+            # another protocol, which we do not speak.
+            self.close_when_done()
+            return
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _StopParsing | None):
+                self._srv.logger.error("request handling failed: %s", type(exc.__context__).__name__)
+            if not self._closing:
+                self._refuse(MALFORMED, False, _OTHER)
+            return
+        if self._in_head:
+            self._bound_partial_head(data)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+    # No on_message_begin/on_headers_complete: each callback costs a C->Python call per request.
+    # A request "begins" at its first on_url (llhttp has parsed the method by then).
+
+    def on_url(self, url: bytes) -> None:
+        if self._in_head:  # the target arrives in pieces when it spans reads
+            self._url += url
+        else:
+            limits = self._srv.limits
+            self._in_head = True
+            self._began_here = True
+            self._url = url
+            self._host = None
+            self._auth = None
+            self._flags = 0
+            self._headers_left = limits.max_headers
+            self._bytes_left = limits.max_header_bytes
+            self.deadline = self._srv.header_deadline
+        self._bytes_left -= len(url)
+        if self._bytes_left < 0:
+            self._refuse_and_stop(HEADERS_TOO_LARGE)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers_left = self._headers_left - 1
+        bytes_left = self._bytes_left - len(name) - len(value) - 4  # ": " and CRLF
+        self._headers_left = headers_left
+        self._bytes_left = bytes_left
+        if headers_left < 0 or bytes_left < 0:
+            self._refuse_and_stop(HEADERS_TOO_LARGE)
+        kind = _kind_of(name)
+        if kind is None:
+            kind = classify_header(name)
+        if kind is _KIND_OTHER:
+            return
+        # Values are kept raw (llhttp leaves trailing whitespace): the fast path compares them
+        # as sent, and `_dispatch` strips them before deciding.
+        if kind is _KIND_HOST:
+            if self._host is not None:
+                self._flags |= _DUPLICATE
+            self._host = value
+        elif kind is _KIND_AUTHORIZATION:
+            if self._auth is not None:
+                self._flags |= _DUPLICATE
+            self._auth = value
+        elif kind is _KIND_CONNECTION:
+            self._flags |= _KEEP_ALIVE if value in _KEEP_ALIVE_VALUES else _CONNECTION
+        elif kind is _KIND_FOREIGN:
+            self._flags |= _FOREIGN
+        elif kind is _KIND_CONTENT_LENGTH:
+            if value.strip(b"0 \t"):
+                self._refuse_and_stop(BODY_NOT_ALLOWED)
+        else:  # Transfer-Encoding: the framing of a body we would refuse anyway
+            self._refuse_and_stop(BODY_NOT_ALLOWED)
+
+    def on_message_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        srv = self._srv
+        auth = self._auth
+        flags = self._flags
+        if (
+            self._url == b"/"
+            and (not flags or (flags == _KEEP_ALIVE and parser.get_http_version() == "1.1"))
+            and self._host in srv.hosts.accepted
+            and auth is not None
+            and _compare_digest(auth, srv.token)
+            and self._task is None
+            and parser.should_keep_alive()
+            and parser.get_method() == b"GET"
+        ):
+            # The hot path (DESIGN.md §3): a keep-alive GET / that passed every check.
+            self._issue_now(True)
+            return
+        self._dispatch()
+        if self._closing:
+            raise _StopParsing
+
+    # -- the general path -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Decide a request off the fast path; the checks in issue 3's order, then routing."""
+        parser = self._parser
+        srv = self._srv
+        flags = self._flags
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and flags & (_CONNECTION | _KEEP_ALIVE):
+            # HTTP/1.0 always closes: honouring its keep-alive would need a `Connection:
+            # keep-alive` response header for a case no SDK uses.
+            keep_alive = parser.get_http_version() == "1.1"
+        route = route_for(self._url)
+        host = self._host
+        auth = self._auth
+        refusal: Canned | None = None
+        if flags & _DUPLICATE:
+            refusal = DUPLICATE_HEADER
+        elif flags & _FOREIGN:
+            refusal = FOREIGN_CLIENT
+        elif host is None:
+            refusal = MISSING_HOST
+        elif not srv.hosts.allows(host.rstrip(_OWS)):
+            refusal = BAD_HOST
+        elif route is not _HEALTHZ:
+            if auth is None or not _compare_digest(auth.rstrip(_OWS), srv.token):
+                refusal = UNAUTHORIZED
+            elif route is _OTHER:
+                refusal = NOT_FOUND
+        if refusal is None and parser.get_method() != b"GET":
+            refusal = METHOD_NOT_ALLOWED
+        if refusal is None:
+            self._emit(route, keep_alive, route)
+        else:
+            self._refuse(refusal, keep_alive, route)
+
+    def _refuse_and_stop(self, canned: Canned) -> None:
+        self._refuse(canned, False, _OTHER)
+        raise _StopParsing
+
+    def _bound_partial_head(self, data: bytes) -> None:
+        """Refuse a head that is still incomplete after this read but already too large.
+
+        httptools buffers a header line until it ends, so without this a peer could grow that
+        buffer without limit. Requests carry no body, so a head that began in this read starts
+        right after the last blank line in `data`.
+        """
+        if self._began_here:
+            end = data.rfind(b"\n\r\n")
+            self._partial = len(data) - (end + 3 if end >= 0 else 0)
+        else:
+            self._partial += len(data)
+        if self._partial > self._srv.limits.max_header_bytes:
+            self._refuse(HEADERS_TOO_LARGE, False, _OTHER)
 
     # -- answering --------------------------------------------------------------------------
 
@@ -112,33 +346,37 @@ class Connection(asyncio.Protocol):
             self._answer(item, keep_alive, route)
 
     def _answer(self, item: Item, keep_alive: bool, route: Route) -> None:
-        service = self._srv.service
         if item is _CREDENTIALS:
-            try:
-                reply = service.issue_nowait()
-            except Exception as exc:  # the seam promises not to raise; a bug must not kill the server
-                self._service_failed(exc, keep_alive, route)
-                return
-            if reply is None:
-                self._start_issue(keep_alive, route)
-            else:
-                self._send_reply(reply, keep_alive, route, cached=True)
-        elif item is _HEALTHZ or item is _METRICS:
-            try:
-                if item is _HEALTHZ:
-                    reply = service.health()
-                else:
-                    self._srv.flush_counts()  # so the scrape sees every request before it
-                    reply = service.metrics()
-            except Exception as exc:
-                self._service_failed(exc, keep_alive, route)
-                return
-            self._send_reply(reply, keep_alive, route, cached=False)
+            self._issue_now(keep_alive)
+        elif item is _HEALTHZ:
+            self._send_reply(self._srv.service.health(), keep_alive, route, cached=False)
+        elif item is _METRICS:
+            self._srv.flush_counts()  # so the scrape sees every request before it
+            self._send_reply(self._srv.service.metrics(), keep_alive, route, cached=False)
         else:
             canned = cast(Canned, item)
             self._send(canned.bytes_for(keep_alive), keep_alive, route, canned.status)
 
+    def _issue_now(self, keep_alive: bool) -> None:
+        """Answer a credential request from the cache, or start awaiting `service.issue()`.
+
+        A keep-alive answer of the reply rendered last is one write and one integer add: the
+        hot path's whole cost after the checks."""
+        srv = self._srv
+        reply = srv.service.issue_nowait()
+        if reply is None:
+            self._start_issue(keep_alive, _CREDENTIALS)
+        elif keep_alive and reply is srv.renderer.reply:
+            self._transport.write(srv.renderer.keep_alive)
+            srv.hot_hits += 1
+            self.deadline = srv.idle_deadline
+        else:
+            self._send_reply(reply, keep_alive, _CREDENTIALS, cached=True)
+
     def _send_reply(self, reply: Reply, keep_alive: bool, route: Route, *, cached: bool) -> None:
+        if reply is SERVICE_FAILED:  # the guard logged it (server/guard.py)
+            self._send(INTERNAL_ERROR.bytes_for(keep_alive), keep_alive, route, INTERNAL_ERROR.status)
+            return
         try:
             if cached:
                 data = self._srv.render_cached(reply, keep_alive)
@@ -159,13 +397,6 @@ class Connection(asyncio.Protocol):
         else:
             transport.close()
 
-    def _service_failed(self, exc: Exception, keep_alive: bool, route: Route) -> None:
-        # The type only: an exception's text may quote upstream errors or secrets.
-        self._srv.logger.error(
-            "service raised %s answering %s; answered 500", type(exc).__name__, route.value
-        )
-        self._send(INTERNAL_ERROR.bytes_for(keep_alive), keep_alive, route, 500)
-
     def _start_issue(self, keep_alive: bool, route: Route) -> None:
         srv = self._srv
         srv.requests_in_flight += 1
@@ -175,12 +406,8 @@ class Connection(asyncio.Protocol):
 
     async def _issue(self, keep_alive: bool, route: Route) -> None:
         srv = self._srv
-        reply: Reply | None = None
-        failure: Exception | None = None
         try:
             reply = await srv.service.issue()
-        except Exception as exc:
-            failure = exc
         finally:
             srv.requests_in_flight -= 1
             self._task = None
@@ -188,10 +415,7 @@ class Connection(asyncio.Protocol):
             return
         # The last response before a requested close (shutdown, client EOF) says so.
         keep_alive = keep_alive and not (self._closing and not self._backlog)
-        if reply is not None:
-            self._send_reply(reply, keep_alive, route, cached=True)
-        else:
-            self._service_failed(cast(Exception, failure), keep_alive, route)
+        self._send_reply(reply, keep_alive, route, cached=True)
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sentinel.config import loopback_address
 from sentinel.errors import ConfigError
+from sentinel.loopback import loopback_address
 
 
 class ServerConfigError(ConfigError):
@@ -54,7 +54,7 @@ class ServerLimits:
 def loopback_bind_address(host: str) -> str:
     """Return the literal address to bind for `host`; anything but loopback is a `ServerConfigError`.
 
-    The check itself is `sentinel.config.loopback_address`, so `--host` validation and binding
+    The check itself is `sentinel.loopback.loopback_address`, so `--host` validation and binding
     can never disagree."""
     try:
         return loopback_address(host)

@@ -12,8 +12,9 @@ import logging
 from types import TracebackType
 
 from sentinel.metrics import Registry
+from sentinel.server.connection import HttpConnection
+from sentinel.server.guard import GuardedService
 from sentinel.server.limits import ServerConfigError, ServerLimits, loopback_bind_address, validate_token
-from sentinel.server.protocol import HttpConnection
 from sentinel.server.service import CredentialService
 from sentinel.server.state import ServerState, ServerStatistics
 
@@ -151,7 +152,8 @@ async def start_server(
     token_bytes = validate_token(token)
     limits = limits if limits is not None else ServerLimits()
     loop = asyncio.get_running_loop()
-    state = ServerState(service, token_bytes, limits, loop, logger or _log, metrics)
+    logger = logger or _log
+    state = ServerState(GuardedService(service, logger), token_bytes, limits, loop, logger, metrics)
     try:
         listener = await loop.create_server(
             lambda: HttpConnection(state),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sentinel.metrics import Counter, Registry
 from sentinel.server.checks import LoopbackHosts
@@ -23,8 +23,21 @@ from sentinel.server.http import ReplyRenderer, Route
 from sentinel.server.limits import ServerLimits
 from sentinel.server.service import CredentialService, Reply
 
-if TYPE_CHECKING:
-    from sentinel.server.connection import Connection
+
+class Connection(Protocol):
+    """What the listener does with an open connection (`HttpConnection` implements it): this
+    module names the shape instead of importing the class, which imports this module."""
+
+    deadline: float  # loop time after which the sweep calls `time_out()`; 0 = none
+
+    @property
+    def task(self) -> asyncio.Task[None] | None: ...
+
+    def time_out(self) -> None: ...
+
+    def close_when_done(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
 """The session tracker: touch queue, coalescing flusher and revocation watch (DESIGN.md §4, issue 4).
 
 The hot path calls `touch_nowait()` after each successful issuance and reads `revoked`; neither
-touches the store. A worker (`run()`, started in the daemon's task group) drains the bounded queue
+touches the store. A worker (`run()`, started in the assembly's task group) drains the bounded queue
 into a per-session pending buffer and writes it out with at most one flush in flight, in its own
 task, so a slow or dead store never stops the draining. Store calls for this server's own session
 go through `SessionRecorder`, which creates, recreates and ends the record.
+
+`Tracker` is the seam the pipeline and the assembly use; `NullTracker` (`null_tracker.py`) is its
+no-op, and the values it reports live in `statistics.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import logging
 import math
 import time
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
+from sentinel.broadcast import Broadcast
 from sentinel.clock import SYSTEM_CLOCK, Clock, SystemClock
 from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
@@ -26,18 +31,8 @@ from sentinel.sessions.model import DEFAULT_RETENTION, Retention, ServerSession,
 from sentinel.sessions.pending import Pending, PendingBuffer
 from sentinel.sessions.recorder import SessionRecorder
 from sentinel.sessions.retry import Backoff, RetryState
+from sentinel.sessions.statistics import ShutdownSummary, TrackerStatistics, export_metrics
 from sentinel.sessions.store import SessionStore
-from sentinel.sessions.tracking import (
-    Broadcast,
-    NullTracker,
-    ShutdownSummary,
-    Tracker,
-    TrackerStats,
-    export_metrics,
-)
-
-# The daemon imports all of tracking from here; the values and the no-op live in tracking.py.
-__all__ = ["Backoff", "NullTracker", "SessionTracker", "ShutdownSummary", "Tracker", "TrackerStats"]
 
 # Issue 4: the drop warning at most once per 10 s; store trouble once per state change or minute.
 DROP_WARNING_INTERVAL = 10.0
@@ -47,6 +42,23 @@ FAILURE_WARNING_INTERVAL = 60.0
 _FLUSH_SHARE = 0.6
 
 _Event = tuple[str | None, float]  # (session id or None for our own, Clock.monotonic() reading)
+
+
+class Tracker(Protocol):
+    """What the assembly and the hot path use; `SessionTracker` and `NullTracker` implement it."""
+
+    @property
+    def revoked(self) -> bool: ...
+
+    def touch_nowait(self, session_id: str | None = None) -> None: ...
+
+    async def start_session(self) -> bool: ...
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def shutdown(self, deadline: float) -> ShutdownSummary: ...
+
+    def statistics(self) -> TrackerStatistics: ...
 
 
 class SessionTracker:
@@ -233,9 +245,9 @@ class SessionTracker:
 
     # -- observation ---------------------------------------------------------------------------
 
-    def statistics(self) -> TrackerStats:
+    def statistics(self) -> TrackerStatistics:
         """A snapshot of the counters (cheap; also what `/metrics` reads at scrape time)."""
-        return TrackerStats(
+        return TrackerStatistics(
             queued=self._queued,
             dropped=self._dropped,
             coalesced=self._pending.coalesced,

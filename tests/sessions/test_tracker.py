@@ -24,9 +24,10 @@ from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.null_tracker import NullTracker
 from sentinel.sessions.retry import Backoff
 from sentinel.sessions.store import SessionStore
-from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
+from sentinel.sessions.tracker import SessionTracker, Tracker
 from tests.sessions.conftest import FakeClock, StoreBackend
 
 # Small intervals keep the worker busy in a test's time scale; the logic does not depend on them.

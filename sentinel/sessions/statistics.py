@@ -1,23 +1,18 @@
-"""What the daemon sees of session tracking (issue 4): the `Tracker` seam, its values and metrics,
-and `NullTracker` for `--no-session-tracking`. The real tracker lives in `tracker.py`."""
+"""What a session tracker counts: its statistics and shutdown summary values, and their export
+on `/metrics`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
-
-import anyio
-import anyio.lowlevel
-from anyio.abc import TaskStatus
 
 from sentinel.metrics import Registry
 from sentinel.sessions.model import SessionStatus
 
 
 @dataclass(frozen=True, slots=True)
-class TrackerStats:
+class TrackerStatistics:
     """A snapshot of the tracker's counters. Event counts satisfy, at any moment,
     `queued == flushed + discarded + pending + queue_depth` and `touches == queued + dropped`."""
 
@@ -55,101 +50,13 @@ class ShutdownSummary:
     timed_out: bool  # some step ran out of its deadline
 
 
-class Tracker(Protocol):
-    """What the daemon and the hot path use; `SessionTracker` and `NullTracker` implement it."""
-
-    @property
-    def revoked(self) -> bool: ...
-
-    def touch_nowait(self, session_id: str | None = None) -> None: ...
-
-    async def start_session(self) -> bool: ...
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
-
-    async def shutdown(self, deadline: float) -> ShutdownSummary: ...
-
-    def statistics(self) -> TrackerStats: ...
-
-
-_IDLE = TrackerStats(
-    queued=0,
-    dropped=0,
-    coalesced=0,
-    flushed=0,
-    discarded=0,
-    flush_calls=0,
-    flush_failures=0,
-    polls=0,
-    poll_failures=0,
-    pending=0,
-    queue_depth=0,
-    flush_in_flight=False,
-    last_flush_at=None,
-    last_flush_latency=None,
-    revoked=False,
-    ended=None,
-    session_created=False,
-    stale_expired=0,
-    degraded=False,
-)
-
-
-class NullTracker:
-    """Tracking switched off (`--no-session-tracking`): every call is a no-op, never revoked."""
-
-    @property
-    def revoked(self) -> bool:
-        return False
-
-    def touch_nowait(self, session_id: str | None = None) -> None:
-        return None
-
-    async def start_session(self) -> bool:
-        return False
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-
-    async def shutdown(self, deadline: float) -> ShutdownSummary:
-        return ShutdownSummary(flushed=0, dropped=0, discarded=0, unflushed=0, expired=False, timed_out=False)
-
-    def statistics(self) -> TrackerStats:
-        return _IDLE
-
-
-class Broadcast:
-    """Wakes every waiter when something changed; each waiter re-checks its own condition.
-
-    The event is only allocated while someone waits, so `notify()` on the drain path is a
-    single attribute check when nobody does."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Return once `predicate()` is true; always a checkpoint, so a loop of waits yields."""
-        await anyio.lowlevel.checkpoint()
-        while not predicate():
-            if self._event is None:
-                self._event = anyio.Event()
-            await self._event.wait()
-
-
-def export_metrics(registry: Registry, statistics: Callable[[], TrackerStats]) -> None:
+def export_metrics(registry: Registry, statistics: Callable[[], TrackerStatistics]) -> None:
     """Expose the tracker's counters on `/metrics`, read at scrape time (no per-touch cost).
 
     `Registry` only has function-backed gauges, so the monotonic counts are gauges too; their
     `_total` names still tell a reader they only go up."""
 
-    def export(name: str, help_text: str, read: Callable[[TrackerStats], float]) -> None:
+    def export(name: str, help_text: str, read: Callable[[TrackerStatistics], float]) -> None:
         registry.gauge(name, help_text).set_function(lambda: read(statistics()))
 
     export("session_touch_queued_total", "Touch events accepted onto the queue.", lambda s: s.queued)

@@ -1,0 +1,340 @@
+"""The one assembly of a running server (DESIGN.md §5): its parts built in one place, torn down in one.
+
+Policy watcher, AWS context, credential cache, session store and tracker, decision log, pipeline
+and listener are wired here and nowhere else; the daemon (`daemon.py`), the benchmarks
+(`bench/target.py`, `bench/micro.py`) and the in-process tests (`tests/test_pipeline.py`) all
+call `assemble()`. What they change is passed in as `Hooks`, so a benchmark cannot drift from
+what `sentinel serve` runs. No business logic lives here: the hot path is `pipeline.py`, session
+tracking `sessions/tracker.py`, the HTTP layer `server/`; the lifecycle (signals, systemd, the
+child) stays in `daemon.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from sentinel.audit import DecisionLog, open_decision_log
+from sentinel.clock import SYSTEM_CLOCK, Clock
+from sentinel.config import ServerConfig
+from sentinel.credentials import (
+    CredentialCache,
+    CredentialSource,
+    StsRoleAssumer,
+    open_aws,
+    resolve_user,
+    role_session_name,
+    source_identity,
+)
+from sentinel.errors import ConfigError, CredentialError
+from sentinel.metrics import Registry
+from sentinel.pipeline import Identity, Pipeline
+from sentinel.policy import FilePolicySource, Mode, PolicySource, PolicyWatcher, SsmPolicySource
+from sentinel.server.listener import Server, start_server
+from sentinel.server.service import CredentialService
+from sentinel.sessions.errors import SessionStoreError
+from sentinel.sessions.factory import open_store
+from sentinel.sessions.model import ServerSession, new_session_id
+from sentinel.sessions.null_tracker import NullTracker
+from sentinel.sessions.statistics import ShutdownSummary
+from sentinel.sessions.store import SessionStore
+from sentinel.sessions.tracker import SessionTracker, Tracker
+
+if TYPE_CHECKING:
+    import aioboto3
+
+_log = logging.getLogger("sentinel")
+
+# Shares of --shutdown-timeout: in-flight HTTP requests first, then the tracker's drain, final
+# flush and expire; what is left closes the decision log. Each step has its own deadline (issue 4
+# item 4); clients and the store are closed after them, each under its own shielded deadline.
+HTTP_SHARE = 0.3
+TRACKER_SHARE = 0.6
+_CLOSE_DEADLINE = 2.0
+
+_T = TypeVar("_T")
+
+
+def _unchanged(part: _T) -> _T:
+    return part
+
+
+@dataclass(frozen=True, slots=True)
+class GivenCredentials:
+    """Serve credentials from `source` as `user`, instead of assuming a role through STS.
+
+    For measuring the hot path in-process (`bench/micro.py`): no AWS client is opened."""
+
+    source: CredentialSource
+    user: str
+    role_arn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What the benchmarks and tests change about an assembly; the daemon uses the defaults."""
+
+    # The pipeline's clock: policy time windows and decision times (tests move it). Tracking and
+    # the policy refresh keep the system clock: they schedule on it.
+    clock: Clock = SYSTEM_CLOCK
+    # Wraps the opened session store before anything uses it (count it, slow it, break it).
+    wrap_store: Callable[[SessionStore], SessionStore] = _unchanged
+    # Puts something in front of the pipeline on the listener (bench scenario g).
+    wrap_service: Callable[[Pipeline], CredentialService] = _unchanged
+    # False: the store is opened (for `wrap_service`) but no tracker counts into it.
+    track: bool = True
+    credentials: GivenCredentials | None = None
+
+
+DEFAULT_HOOKS = Hooks()
+
+
+@dataclass(eq=False, slots=True)
+class Assembly:
+    """A started server's parts, and `shutdown()`, the one teardown order for all of them."""
+
+    config: ServerConfig
+    server: Server | None
+    pipeline: Pipeline
+    cache: CredentialCache
+    tracker: Tracker
+    store: SessionStore | None  # as wrapped by `Hooks.wrap_store`
+    watcher: PolicyWatcher
+    audit: DecisionLog
+    registry: Registry
+    session: ServerSession
+    token: str
+    region: str | None  # the profile's (or --region's): a child cannot read the config file
+    background: TaskGroup  # tracker, watcher and decision log tasks (and the daemon's watchdog)
+    _summary: ShutdownSummary | None = field(default=None, init=False)
+
+    @property
+    def listener(self) -> Server:
+        if self.server is None:
+            raise RuntimeError("started without a listener")
+        return self.server
+
+    async def shutdown(self) -> ShutdownSummary:
+        """stop listening -> finish connections -> drain + flush + expire -> close the decision log.
+
+        Shielded, each step under its share of `shutdown_timeout`; calling it again returns the
+        first summary. Leaving `assemble()` calls it too, then closes clients and the store."""
+        if self._summary is not None:
+            return self._summary
+        budget = self.config.shutdown_timeout
+        with anyio.CancelScope(shield=True):
+            if self.server is not None:
+                await self.server.shutdown(grace=budget * HTTP_SHARE)
+            summary = await self.tracker.shutdown(budget * TRACKER_SHARE)
+            await self.audit.aclose(timeout=max(budget * (1 - HTTP_SHARE - TRACKER_SHARE), 0.1))
+        self._summary = summary
+        _log.info("stopped: session %s (%s)", self.session.id, summary)
+        return summary
+
+
+@asynccontextmanager
+async def assemble(
+    config: ServerConfig, mode: Mode, *, listen: bool = True, hooks: Hooks = DEFAULT_HOOKS
+) -> AsyncIterator[Assembly]:
+    """Startup (DESIGN.md §5) up to a bound, ready listener; leaving the block tears it all down.
+
+    The background tasks live in a task group inside the exit stack: they are cancelled after
+    `shutdown()`, and only then are clients and the store closed. A task group around this block
+    instead, cancelled from inside it, made every checkpoint of the closing raise Cancelled, which
+    cut it short and replaced any exception in flight."""
+    registry = Registry()
+    async with AsyncExitStack() as stack:
+        watcher = await _open_policy(config, stack)
+        upstream = await _open_upstream(config, stack, hooks.credentials)
+        session_id = new_session_id()
+        identity = Identity(
+            user=upstream.user,
+            profile=upstream.profile,
+            role_arn=upstream.role_arn,
+            session_id=session_id,
+            source_identity=source_identity(upstream.user, session_id),
+            mode=mode,
+        )
+        cache = await stack.enter_async_context(
+            CredentialCache(upstream.source(identity.source_identity), registry=registry)
+        )
+        template = ServerSession.start(
+            session_id=session_id,
+            user=identity.user,
+            profile=identity.profile,
+            server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
+            source_identity=identity.source_identity,
+        )
+        store = await _open_store(config, stack, hooks, upstream)
+        tracker = _tracker(config, hooks, store, template, registry)
+        audit = open_decision_log(config.decision_log, registry=registry)
+        pipeline = Pipeline(
+            identity=identity,
+            policy=watcher,
+            cache=cache,
+            tracker=tracker,
+            audit=audit,
+            registry=registry,
+            clock=hooks.clock,
+            server_duration=config.server_duration,
+        )
+        if not config.lazy:
+            await _prefetch(pipeline)
+        token = secrets.token_urlsafe(32)
+        server = None
+        if listen:
+            service = hooks.wrap_service(pipeline)
+            server = await start_server(
+                service, token=token, host=config.host, port=config.port, metrics=registry
+            )
+        async with anyio.create_task_group() as background:
+            await background.start(tracker.run)
+            await background.start(watcher.run)
+            await background.start(audit.run)
+            # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
+            with anyio.move_on_after(max(config.shutdown_timeout, 1)):
+                await tracker.start_session()
+            _log.info(
+                "session %s for %s (profile %s, role %s) on %s",
+                session_id,
+                identity.user,
+                identity.profile,
+                identity.role_arn,
+                server.url if server else "no listener",
+            )
+            assembly = Assembly(
+                config=config,
+                server=server,
+                pipeline=pipeline,
+                cache=cache,
+                tracker=tracker,
+                store=store,
+                watcher=watcher,
+                audit=audit,
+                registry=registry,
+                session=template,
+                token=token,
+                region=upstream.region,
+                background=background,
+            )
+            try:
+                yield assembly
+            finally:
+                try:
+                    await assembly.shutdown()
+                finally:
+                    background.cancel_scope.cancel()
+
+
+# -- the parts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """Where credentials come from, and who asks for them."""
+
+    user: str
+    profile: str
+    role_arn: str
+    region: str | None
+    source: Callable[[str], CredentialSource]  # source identity -> source
+    aws_session: aioboto3.Session | None  # the base session, for DynamoDB
+
+
+async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWatcher:
+    source: PolicySource
+    if config.policy_parameter:
+        source = await stack.enter_async_context(
+            SsmPolicySource(config.policy_parameter, region=config.region)
+        )
+    elif config.policy_file:
+        source = FilePolicySource(config.policy_file)
+    else:
+        raise ConfigError("no policy: give --policy-file PATH or --policy-parameter NAME")
+    watcher = PolicyWatcher(source, ttl=config.policy_refresh)
+    await watcher.load_initial()
+    return watcher
+
+
+async def _open_upstream(
+    config: ServerConfig, stack: AsyncExitStack, given: GivenCredentials | None
+) -> _Upstream:
+    profile = config.profile or "default"
+    if given is not None:
+        return _Upstream(given.user, profile, given.role_arn, config.region, lambda _: given.source, None)
+    aws = await open_aws(config.profile, config.region, config.role_arn)
+    sts = await stack.enter_async_context(aws.sts_client())
+    caller = await resolve_user(sts)
+
+    def assume(identity: str) -> CredentialSource:
+        return StsRoleAssumer(
+            sts,
+            role_session_name=role_session_name(caller.user),
+            source_identity=identity,
+            external_id=aws.plan.external_id,
+        )
+
+    profile = config.profile or aws.plan.profile or "default"
+    return _Upstream(caller.user, profile, aws.role_arn, aws.plan.region, assume, aws.session)
+
+
+async def _open_store(
+    config: ServerConfig, stack: AsyncExitStack, hooks: Hooks, upstream: _Upstream
+) -> SessionStore | None:
+    if config.no_session_tracking:
+        return None
+    try:
+        store = await open_store(
+            session_table=config.session_table,
+            session_db=config.session_db,
+            region=upstream.region,
+            session=upstream.aws_session,
+        )
+    except SessionStoreError as exc:
+        # Best-effort tracking: a store we cannot even open must not stop credential serving.
+        _log.warning("session tracking disabled: %s", exc)
+        return None
+    stack.push_async_callback(_shielded, store.aclose)
+    return hooks.wrap_store(store)
+
+
+def _tracker(
+    config: ServerConfig,
+    hooks: Hooks,
+    store: SessionStore | None,
+    template: ServerSession,
+    registry: Registry,
+) -> Tracker:
+    if store is None or not hooks.track:
+        return NullTracker()
+    return SessionTracker(
+        store,
+        template,
+        registry=registry,
+        queue_size=config.queue_size,
+        flush_interval=config.flush_interval,
+        revocation_poll=config.revocation_poll,
+    )
+
+
+async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
+    with anyio.move_on_after(_CLOSE_DEADLINE, shield=True):
+        await close()
+
+
+async def _prefetch(pipeline: Pipeline) -> None:
+    """Fetch credentials once at startup so a broken role fails the start, not the first request."""
+    try:
+        allowed = await pipeline.prefetch()
+    except CredentialError as exc:
+        raise CredentialError(f"startup: {exc} (use --lazy to start anyway)") from None
+    if not allowed:
+        _log.warning("the policy denies this session right now; serving anyway (it is evaluated per request)")
