@@ -111,6 +111,8 @@ REQUEST_TIMEOUT = Canned.build(408, "request headers not received in time", alwa
 SERVER_BUSY = Canned.build(503, "too many connections", always_close=True)
 # HTTP/0.9 and HTTP/2.0 request lines, which llhttp parses (see `checks.is_served_version`).
 VERSION_NOT_SUPPORTED = Canned.build(505, "HTTP version not supported", always_close=True)
+# `--allow-user`: the connection's uid is not allowed (or unknown); answered on accept, unread.
+USER_NOT_ALLOWED = Canned.build(403, "this local user may not get credentials", always_close=True)
 FOREIGN_CLIENT = Canned.build(403, "browser and proxied requests are refused")
 BAD_HOST = Canned.build(403, "Host must be a loopback address")
 UNAUTHORIZED = Canned.build(401, "missing or invalid authorization token")
