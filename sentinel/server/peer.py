@@ -16,6 +16,7 @@ called once per accepted connection, on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -291,3 +292,19 @@ def _name_of(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+@dataclass(frozen=True, slots=True)
+class UserGate:
+    """`--allow-user` at accept time: who is connecting, and may they have credentials?"""
+
+    peers: PeerCredentials
+    allowed: AllowedUsers
+
+    def admit(self, transport: asyncio.BaseTransport) -> int | None:
+        """The uid of the connection's client if it is allowed, else None (refuse and close).
+
+        Call once per connection, in `connection_made`: the cost is one netlink round trip.
+        """
+        uid = self.peers.uid_of(transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+        return uid if self.allowed.allows(uid) else None

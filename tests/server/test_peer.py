@@ -6,6 +6,7 @@ and peers that have gone.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from sentinel.errors import ConfigError
-from sentinel.server.peer import AllowedUsers, PeerCredentials, resolve_user
+from sentinel.server.peer import AllowedUsers, PeerCredentials, UserGate, resolve_user
 from tests.support.other_user import other_user
 
 HOSTS = ["127.0.0.1", "::1"]
@@ -169,6 +170,64 @@ except PeerLookupError as exc:
         "cannot look up the users of connections: netlink sock_diag: Too many open files\n"
     )
     assert done.stderr == ""
+
+
+async def _admitted_uids(gate: UserGate, connect_argvs: list[list[str] | None]) -> list[int | None]:
+    """What `gate.admit` says in `connection_made` of a real asyncio server, for one connection
+    by each of: this process (None) or a helper command given the host and port."""
+    results: asyncio.Queue[int | None] = asyncio.Queue()
+
+    class Gated(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            results.put_nowait(gate.admit(transport))
+            transport.close()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Gated, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    admitted = []
+
+    async def next_result() -> int | None:
+        async with asyncio.timeout(10):
+            return await results.get()
+
+    try:
+        for argv in connect_argvs:
+            if argv is None:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                admitted.append(await next_result())
+                writer.close()
+                continue
+            helper = await asyncio.create_subprocess_exec(
+                *argv, "127.0.0.1", str(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            try:
+                admitted.append(await next_result())
+            finally:
+                async with asyncio.timeout(10):
+                    await helper.communicate(b"exit\n")
+    finally:
+        server.close()
+        await server.wait_closed()
+    return admitted
+
+
+async def test_user_gate_admits_only_allowed_uids(peers: PeerCredentials) -> None:
+    """Through a real asyncio server: our own connection is admitted with our uid when we are
+    allowed and refused (None) when only another uid is."""
+    ours = os.geteuid()
+    assert await _admitted_uids(UserGate(peers, AllowedUsers.resolve([str(ours)])), [None]) == [ours]
+    assert await _admitted_uids(UserGate(peers, AllowedUsers.resolve([str(ours + 1)])), [None]) == [None]
+
+
+async def test_user_gate_refuses_nobody_unless_allowed(peers: PeerCredentials) -> None:
+    """`nobody` connecting: refused while only we are allowed, admitted once it is listed."""
+    user = other_user()
+    as_nobody = user.python(_CONNECTOR)
+    only_us = UserGate(peers, AllowedUsers.resolve([str(os.geteuid())]))
+    assert await _admitted_uids(only_us, [as_nobody, None]) == [None, os.geteuid()]
+    both = UserGate(peers, AllowedUsers.resolve([str(os.geteuid()), user.name]))
+    assert await _admitted_uids(both, [as_nobody]) == [user.uid]
 
 
 # -- --allow-user values ------------------------------------------------------------------------
