@@ -17,8 +17,9 @@ class HeaderKind(IntEnum):
     OTHER = 0
     HOST = 1
     AUTHORIZATION = 2
-    # Sent by browsers (Origin, Sec-Fetch-*) or proxies (X-Forwarded-For, Forwarded): a workload
-    # on the box talks to us directly with an SDK, so any of these means someone else is asking.
+    # Sent by browsers (Origin, Sec-Fetch-*, Referer) or proxies (X-Forwarded-For, Forwarded, Via,
+    # X-Real-IP): a workload on the box talks to us directly with an SDK, so any of these means
+    # someone else is asking (issue 11).
     FOREIGN = 3
     CONTENT_LENGTH = 4
     TRANSFER_ENCODING = 5
@@ -36,6 +37,9 @@ _LOWER_KINDS: dict[bytes, HeaderKind] = {
     b"sec-fetch-user": HeaderKind.FOREIGN,
     b"x-forwarded-for": HeaderKind.FOREIGN,
     b"forwarded": HeaderKind.FOREIGN,
+    b"via": HeaderKind.FOREIGN,
+    b"x-real-ip": HeaderKind.FOREIGN,
+    b"referer": HeaderKind.FOREIGN,
     b"content-length": HeaderKind.CONTENT_LENGTH,
     b"transfer-encoding": HeaderKind.TRANSFER_ENCODING,
     b"connection": HeaderKind.CONNECTION,
@@ -53,6 +57,9 @@ _COMMON_SPELLINGS = (
     b"Sec-Fetch-User",
     b"X-Forwarded-For",
     b"Forwarded",
+    b"Via",
+    b"X-Real-IP",
+    b"Referer",
     b"Content-Length",
     b"Transfer-Encoding",
     b"Connection",
@@ -149,3 +156,14 @@ class LoopbackHosts:
         if len(self.accepted) < self.MAX_REMEMBERED:
             self.accepted.add(value)
         return True
+
+
+# llhttp parses `HTTP/0.9` and `HTTP/2.0` request lines as if they were HTTP/1.x (and rejects every
+# other version itself). We speak HTTP/1.x framing only and SDKs send 1.1, so anything else is
+# refused rather than answered as if it were 1.0 (issue 11).
+SERVED_VERSIONS = frozenset(("1.0", "1.1"))
+
+
+def is_served_version(version: str) -> bool:
+    """True for the HTTP versions the endpoint serves, as `parser.get_http_version()` spells them."""
+    return version in SERVED_VERSIONS

@@ -109,6 +109,12 @@ MISSING_HOST = Canned.build(400, "missing Host header", always_close=True)
 HEADERS_TOO_LARGE = Canned.build(431, "request headers too large", always_close=True)
 REQUEST_TIMEOUT = Canned.build(408, "request headers not received in time", always_close=True)
 SERVER_BUSY = Canned.build(503, "too many connections", always_close=True)
+# HTTP/0.9 and HTTP/2.0 request lines, which llhttp parses (see `checks.is_served_version`).
+VERSION_NOT_SUPPORTED = Canned.build(505, "HTTP version not supported", always_close=True)
+# `--allow-user`: the connection's uid (looked up on accept) is not allowed or unknown. It answers
+# the first request: closing at accept with that request unread resets the connection, and the
+# client may never see the 403.
+USER_NOT_ALLOWED = Canned.build(403, "this local user may not get credentials", always_close=True)
 FOREIGN_CLIENT = Canned.build(403, "browser and proxied requests are refused")
 BAD_HOST = Canned.build(403, "Host must be a loopback address")
 UNAUTHORIZED = Canned.build(401, "missing or invalid authorization token")

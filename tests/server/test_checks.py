@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sentinel.server import Server
-from sentinel.server.checks import HeaderKind, LoopbackHosts, classify_header, is_loopback_host
+from sentinel.server.checks import (
+    HeaderKind,
+    LoopbackHosts,
+    classify_header,
+    is_loopback_host,
+    is_served_version,
+)
 from tests.server.client import TOKEN, Connect, fetch, request
 from tests.server.services import ACCESS_KEY, FixedService
 
@@ -116,14 +122,45 @@ async def test_duplicate_host_or_authorization_is_400(server: Server, connect: C
         ("SEC-FETCH-DEST", "empty"),
         ("X-Forwarded-For", "127.0.0.1"),
         ("Forwarded", "for=127.0.0.1"),
+        ("Via", "1.1 squid"),
+        ("via", "1.0 proxy"),
+        ("X-Real-IP", "127.0.0.1"),
+        ("x-real-ip", "10.0.0.1"),
+        ("Referer", "http://127.0.0.1/"),
+        ("REFERER", "http://evil.example/"),
     ],
 )
 @pytest.mark.parametrize("path", ["/", "/healthz", "/metrics"])
 async def test_browser_or_proxy_request_is_403(server: Server, name: str, value: str, path: str) -> None:
-    """Browser (Origin, Sec-Fetch-*) and proxy (X-Forwarded-For) markers -> 403, token or not."""
+    """Browser (Origin, Sec-Fetch-*, Referer) and proxy (X-Forwarded-For, Forwarded, Via,
+    X-Real-IP) markers -> 403, token or not."""
     response = await fetch(server, request(path, headers=[(name, value)]))
     assert response.status == 403
     assert response.json() == {"Message": "browser and proxied requests are refused"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: protocol.py's _dispatch must call checks.is_served_version (wired by the lead)",
+)
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+@pytest.mark.parametrize("path", ["/", "/healthz"])
+async def test_http_versions_other_than_1_x_are_505_and_close(
+    server: Server, connect: Connect, service: FixedService, version: str, path: str
+) -> None:
+    """A request line llhttp parses but we do not speak (`GET / HTTP/2.0` with a valid token and
+    Host): 505, the connection closes, and the service is never asked for credentials."""
+    client = await connect(server)
+    response = await client.exchange(request(path, version=version))
+    assert (response.status, response.closes) == (505, True)
+    assert response.json() == {"Message": "HTTP version not supported"}
+    assert await client.closed()
+    assert service.nowait_calls == 0
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.0", "HTTP/1.1"])
+async def test_http_1_0_and_1_1_are_served(server: Server, version: str) -> None:
+    assert (await fetch(server, request("/", version=version))).status == 200
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
@@ -214,6 +251,13 @@ def test_loopback_hosts_remembers_only_a_bounded_set_of_accepted_values() -> Non
         (b"AUTHORIZATION", HeaderKind.AUTHORIZATION),
         (b"sec-fetch-site", HeaderKind.FOREIGN),
         (b"X-FORWARDED-FOR", HeaderKind.FOREIGN),
+        (b"Via", HeaderKind.FOREIGN),
+        (b"VIA", HeaderKind.FOREIGN),
+        (b"X-Real-Ip", HeaderKind.FOREIGN),
+        (b"Referer", HeaderKind.FOREIGN),
+        (b"referer", HeaderKind.FOREIGN),
+        (b"Referrer", HeaderKind.OTHER),
+        (b"Vias", HeaderKind.OTHER),
         (b"content-LENGTH", HeaderKind.CONTENT_LENGTH),
         (b"Transfer-encoding", HeaderKind.TRANSFER_ENCODING),
         (b"User-Agent", HeaderKind.OTHER),
@@ -222,3 +266,11 @@ def test_loopback_hosts_remembers_only_a_bounded_set_of_accepted_values() -> Non
 )
 def test_classify_header(name: bytes, kind: HeaderKind) -> None:
     assert classify_header(name) is kind
+
+
+@pytest.mark.parametrize(
+    ("version", "served"),
+    [("1.1", True), ("1.0", True), ("2.0", False), ("0.9", False), ("", False), ("1.1 ", False)],
+)
+def test_is_served_version(version: str, served: bool) -> None:
+    assert is_served_version(version) is served

@@ -10,6 +10,9 @@ from sentinel.server import Reply
 from sentinel.server.http import (
     METHOD_NOT_ALLOWED,
     UNAUTHORIZED,
+    USER_NOT_ALLOWED,
+    VERSION_NOT_SUPPORTED,
+    Canned,
     ReplyRenderer,
     Route,
     render,
@@ -60,6 +63,21 @@ def test_canned_errors_are_json_messages() -> None:
     assert orjson.loads(parsed.body) == {"Message": "missing or invalid authorization token"}
     assert b"connection" not in parsed.headers
     assert _parse(METHOD_NOT_ALLOWED.close)[1].headers[b"allow"] == b"GET"
+
+
+@pytest.mark.parametrize(
+    ("canned", "status", "message"),
+    [
+        (VERSION_NOT_SUPPORTED, 505, "HTTP version not supported"),
+        (USER_NOT_ALLOWED, 403, "this local user may not get credentials"),
+    ],
+)
+def test_issue_11_refusals_always_close(canned: Canned, status: int, message: str) -> None:
+    """Neither refusal leaves a connection open, whatever the request asked for."""
+    for data in (canned.bytes_for(True), canned.bytes_for(False)):
+        parsed_status, parsed = _parse(data)
+        assert (parsed_status, orjson.loads(parsed.body)) == (status, {"Message": message})
+        assert parsed.headers[b"connection"] == b"close"
 
 
 @pytest.mark.parametrize(("status", "content_type"), [(99, "a/b"), (600, "a/b"), (200, "a/b\r\nX: y")])
