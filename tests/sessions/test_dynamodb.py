@@ -311,9 +311,15 @@ async def test_full_scenario_is_valid_for_real_dynamodb(
     revoked = await store.revoke(first.id, "bob", "left the team")
     assert (revoked.status, revoked.revoked_by, revoked.request_count) == (SessionStatus.REVOKED, "bob", 5)
     del lint.checked[:]
-    assert await store.touch(first.id, 1, T0 + timedelta(minutes=2)) is SessionStatus.REVOKED
-    assert lint.checked == ["UpdateItem"]  # the terminal status came back with the failed condition
-    assert (await store.get(first.id)).request_count == 5
+    assert await store.touch(first.id, 1, T0 + timedelta(minutes=2), seq=1) is SessionStatus.REVOKED
+    # The terminal status came back with the failed condition; the terminal form then counted it.
+    assert lint.checked == ["UpdateItem", "UpdateItem"]
+    del lint.checked[:]
+    later = T0 + timedelta(minutes=2)
+    status = await store.touch(first.id, 1, later, seq=2, known_status=SessionStatus.REVOKED)
+    assert status is SessionStatus.REVOKED
+    assert lint.checked == ["UpdateItem"]  # issue 10: one request once the status is known
+    assert (await store.get(first.id)).request_count == 7  # every served credential is on the record
     assert await store.find_active_by_server_instance("i-1") == []
 
     assert (await store.expire(second.id)).status is SessionStatus.EXPIRED
