@@ -19,7 +19,8 @@ from sentinel.sessions.model import SessionStatus
 @dataclass(frozen=True, slots=True)
 class TrackerStats:
     """A snapshot of the tracker's counters. Event counts satisfy, at any moment,
-    `queued == flushed + discarded + pending + queue_depth` and `touches == queued + dropped`."""
+    `queued == flushed + discarded + pending + queue_depth` and `touches == queued + dropped`
+    (`pending` includes a batch in flight, issue 12)."""
 
     queued: int  # touch events accepted onto the queue
     dropped: int  # touch events refused: queue full, or after shutdown began
@@ -40,17 +41,22 @@ class TrackerStats:
     session_created: bool  # the record exists as far as this process knows
     stale_expired: int  # sessions of an earlier process with our instance id, ended at startup
     degraded: bool  # the store is failing; tracking retries in the background
+    degraded_reason: str | None = None  # one line: the last failure, while degraded
+    last_heard: float | None = None  # Clock.monotonic() when the store last answered (None: never)
+    stale: bool = False  # no answer for longer than the staleness limit (issue 10 item 7)
+    revoked_reason: str | None = None  # the 403 message while revoked: revoked, or record missing
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownSummary:
-    """How tracking ended. With a reachable store, `flushed + dropped + discarded + unflushed`
-    equals the number of `touch_nowait` calls (issue 4 item 5)."""
+    """How tracking ended. `flushed + dropped + discarded + unflushed` equals the number of
+    `touch_nowait` calls, always, a shutdown that timed out included (issue 12); with a reachable
+    store `unflushed` is 0."""
 
     flushed: int
     dropped: int
     discarded: int
-    unflushed: int  # counts a dead store never took: lost with the process
+    unflushed: int  # pending and in-flight counts a dead store never confirmed: lost with the process
     expired: bool  # the record ends with status expired
     timed_out: bool  # some step ran out of its deadline
 
@@ -60,6 +66,9 @@ class Tracker(Protocol):
 
     @property
     def revoked(self) -> bool: ...
+
+    @property
+    def revoked_reason(self) -> str | None: ...
 
     def touch_nowait(self, session_id: str | None = None) -> None: ...
 
@@ -101,6 +110,10 @@ class NullTracker:
     @property
     def revoked(self) -> bool:
         return False
+
+    @property
+    def revoked_reason(self) -> str | None:
+        return None
 
     def touch_nowait(self, session_id: str | None = None) -> None:
         return None

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import anyio.lowlevel
@@ -215,7 +216,7 @@ async def test_store_down_for_the_whole_run(
     async with running(tracker):
         touches = await touch_concurrently(tracker, tasks=10, per_task=100, burst=10)
         with anyio.fail_after(WAIT):
-            await faulty.wait_failed("find_active_by_server_instance", 4)
+            await faulty.wait_failed("expire_stale", 4)
         stats = tracker.statistics()
         assert stats.degraded
         assert not stats.session_created
@@ -239,10 +240,13 @@ async def test_moto_outage_then_recovery(
 ) -> None:
     """The real DynamoDB endpoint (moto server) goes away and comes back empty.
 
+    Issue 10 reverses what this test used to check (the record was recreated with every count):
+    a record that existed and is gone is a revocation, never a reason to recreate it.
     1. Create the session on a fresh table; touch and flush 100 events.
     2. Stop moto: touches keep succeeding, flushes fail (the tracker is degraded).
     3. moto restarts empty; the test recreates the table (what an operator would do).
-    4. The tracker recreates its record with every count, and shutdown expires it."""
+    4. The tracker finds its record missing: revoked ("session record missing"), the 100 events
+       it could not store are discarded, nothing is recreated, shutdown expires nothing."""
     from sentinel.sessions.dynamodb import DynamoDBSessionStore, create_session_table
 
     table = f"sentinel-tracker-{uuid.uuid4().hex[:12]}"
@@ -265,15 +269,17 @@ async def test_moto_outage_then_recovery(
                 assert tracker.statistics().degraded
             await create_session_table(table, region=REGION)
             with anyio.fail_after(30):
-                await tracker.flush()
+                await tracker.wait_revoked()
                 summary = await tracker.shutdown(10.0)
-        record = await inner.get(template.id)
+            with pytest.raises(SessionNotFound):
+                await inner.get(template.id)
     finally:
         await inner.aclose()
-    assert record.request_count + summary.dropped == touches == 200
-    assert record.status is SessionStatus.EXPIRED
-    assert summary.expired
-    assert observed.finished["create"] >= 2  # created at startup, recreated after the outage
+    assert touches == 200
+    assert tracker.revoked_reason == "session record missing"
+    assert (summary.flushed, summary.discarded, summary.unflushed) == (100, 100, 0)
+    assert not summary.expired
+    assert observed.finished["create"] == 1  # created at startup, never again
 
 
 # -- overflow --------------------------------------------------------------------------------------
@@ -323,8 +329,9 @@ async def test_revocation_is_seen_in_a_flush_result(
 
     1. Touch 3 times and flush. Polling is off in practice (one hour).
     2. Revoke through a second client: the tracker cannot know yet.
-    3. Touch 5 more and flush: the store refuses them, `revoked` turns True without a poll.
-    4. Shutdown leaves the record revoked with the 3 counted requests."""
+    3. Touch 5 more and flush: the store counts them (issue 10: every served credential is on
+       the record) and says revoked: `revoked` turns True without a poll.
+    4. Shutdown leaves the record revoked with all 8 requests counted, none discarded."""
     template = make_template(clock)
     tracker = make_tracker(store, template, clock, revocation_poll=3600)
     async with second_client(backend) as other, running(tracker):
@@ -345,10 +352,11 @@ async def test_revocation_is_seen_in_a_flush_result(
     stats = tracker.statistics()
     assert stats.polls == 0
     assert stats.ended is SessionStatus.REVOKED
-    assert summary.discarded == 5
+    assert summary.discarded == 0
+    assert summary.flushed == 8
     assert not summary.expired
     assert record.status is SessionStatus.REVOKED
-    assert record.request_count == 3
+    assert record.request_count == 8
     assert record.revoked_by == "admin"
     assert tracker.revoked
 
@@ -360,7 +368,8 @@ async def test_revocation_is_seen_by_the_idle_poll_and_never_undone(
 
     1. Create the session; no touches. Revoke through a second client.
     2. `revoked` turns True within the poll interval (bounded generously).
-    3. Delete the record, touch 3 times, flush: nothing is written or recreated.
+    3. Delete the record, touch 3 times, flush: the flush tries to count them on the revoked
+       record (issue 10), finds it missing, and recreates nothing.
     4. Shutdown neither recreates nor expires it; `revoked` stays True."""
     template = make_template(clock)
     tracker = make_tracker(store, template, clock, revocation_poll=0.05)
@@ -385,7 +394,9 @@ async def test_revocation_is_seen_by_the_idle_poll_and_never_undone(
     assert not summary.expired
     assert summary.discarded == 3
     assert summary.unflushed == 0
-    assert tracker.statistics().flush_calls == 1  # the create at startup, nothing since
+    # The create at startup, then one touch for the 3 events (issue 10), which found no record.
+    assert tracker.statistics().flush_calls == 2
+    assert tracker.revoked_reason == "session record missing"
 
 
 @sqlite_only
@@ -495,15 +506,17 @@ async def test_touches_after_shutdown_are_dropped_and_counted(store: SessionStor
 
 
 @pytest.mark.parametrize("noticed_by", ["flush", "poll"])
-async def test_deleted_record_is_recreated_with_the_accumulated_counts(
+async def test_deleted_record_is_a_revocation_and_never_recreated(
     store: SessionStore, backend: StoreBackend, clock: FakeClock, noticed_by: str
 ) -> None:
-    """The record is deleted while the session is active (an admin, or DynamoDB TTL).
+    """Issue 10 (this replaces "deleted record is recreated with the accumulated counts"): a
+    missing record is not a licence.
 
     1. Touch 5 times and flush; delete the record through a second client.
-    2. flush: touch 7 more; the flush's touch finds no record and recreates it.
-       poll: no touches; the idle poll finds no record and recreates it.
-    3. The recreated record holds everything this process counted."""
+    2. flush: touch 7 more; the flush's touch finds no record.
+       poll: no touches; the idle poll finds no record.
+    3. `revoked` turns True with the reason "session record missing" and one error line; the 7
+       are discarded; no create is ever sent again, and shutdown leaves no record behind."""
     template = make_template(clock)
     observed = FaultyStore(store)
     tracker = make_tracker(observed, template, clock, revocation_poll=3600 if noticed_by == "flush" else 0.05)
@@ -514,24 +527,24 @@ async def test_deleted_record_is_recreated_with_the_accumulated_counts(
         with anyio.fail_after(WAIT):
             await tracker.flush()
         await other.delete(template.id)
-        expected = 5
         with anyio.fail_after(WAIT):
             if noticed_by == "flush":
                 for _ in range(7):
                     tracker.touch_nowait()
-                expected += 7
                 await tracker.flush()
                 assert observed.failed["touch"] == 1
-            else:
-                await observed.wait_finished("create", 2)
-        record = await other.get(template.id)
-        assert record.status is SessionStatus.ACTIVE
-        assert record.request_count == expected
+            await tracker.wait_revoked()
+        assert tracker.revoked_reason == "session record missing"
+        tracker.touch_nowait()  # a request that raced the gate: nowhere to count it
         with anyio.fail_after(WAIT):
             summary = await tracker.shutdown(5.0)
-    assert summary.expired
-    assert summary.flushed == expected
-    assert (await store.get(template.id)).request_count == expected
+        with pytest.raises(SessionNotFound):
+            await other.get(template.id)
+    assert observed.started["create"] == 1
+    assert not summary.expired
+    assert summary.flushed == 5
+    assert summary.discarded == (8 if noticed_by == "flush" else 1)
+    assert summary.unflushed == 0
 
 
 # -- startup (issue 4 item 1) ----------------------------------------------------------------------
@@ -547,8 +560,9 @@ async def test_startup_retries_creation_and_expires_stale_sessions(
     2. The store fails: startup warns once and serves; 4 touches are kept; creation is retried.
     3. The store heals: host-a's stale sessions are expired, host-b's is untouched, and our
        session exists with the 4 touches."""
-    stale = [make_template(clock, "host-a") for _ in range(2)]
-    neighbour = make_template(clock, "host-b")
+    lapsed = clock.now() - timedelta(seconds=1)  # issue 10: a killed process stops renewing
+    stale = [make_template(clock, "host-a").with_changes(lease_until=lapsed) for _ in range(2)]
+    neighbour = make_template(clock, "host-b").with_changes(lease_until=lapsed)
     for session in [*stale, neighbour]:
         await store.create(session)
     template = make_template(clock, "host-a")
@@ -561,7 +575,7 @@ async def test_startup_retries_creation_and_expires_stale_sessions(
         for _ in range(4):
             tracker.touch_nowait()
         with anyio.fail_after(WAIT):
-            await faulty.wait_failed("find_active_by_server_instance", 3)
+            await faulty.wait_failed("expire_stale", 3)
         assert not tracker.statistics().session_created
         faulty.heal()
         with anyio.fail_after(WAIT):
