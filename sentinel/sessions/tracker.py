@@ -370,6 +370,10 @@ class SessionTracker:
         """Wait until the session record has been created."""
         await self._changed.wait_until(lambda: self._recorder.created)
 
+    async def wait_stale(self) -> None:
+        """Wait until `stale` is True (only ever with a staleness limit)."""
+        await self._changed.wait_until(lambda: self.stale)
+
     async def wait_heard(self) -> None:
         """Wait until the store next answers."""
         before = self._heard_at
@@ -451,12 +455,18 @@ class SessionTracker:
         into the buffer. A failure waits out a jittered backoff; nothing is lost while the process
         lives."""
         self._flush_requested = False
-        if self._batch is None and self._own_id in self._pending:
+        waiting = None  # our newer events while a batch is still unconfirmed: the next batch
+        if self._own_id in self._pending:
             entry = self._pending.pop(self._own_id)
-            self._batch = _Batch(self._next_seq, entry.count, entry.last)
-            self._next_seq += 1
+            if self._batch is None:
+                self._batch = _Batch(self._next_seq, entry.count, entry.last)
+                self._next_seq += 1
+            else:
+                waiting = entry
         self._in_flight_events = self._pending.events
         others = self._pending.take()
+        if waiting is not None:
+            self._pending.merge(self._own_id, waiting.count, waiting.last)
         self._flushing = True
         started = self._monotonic()
         failure: str | None = None
@@ -554,6 +564,7 @@ class SessionTracker:
                 await anyio.sleep(delay)  # a deadline, not a synchronisation: re-checked below
                 continue
             self.stale = True
+            self._changed.notify()
             self._log.warning(
                 "no answer from the session store for %.0f s: revocation status is stale", limit
             )
@@ -586,7 +597,7 @@ class SessionTracker:
         self._heard.notify()
 
     def _store_failed(self, detail: str) -> None:
-        self._retry.failed(anyio.current_time(), detail, self._pending.events)
+        self._retry.failed(anyio.current_time(), detail, self._pending.events + self._batch_events())
 
     def _wall(self, monotonic: float) -> datetime:
         # Events carry a cheap monotonic reading; the wall time is only worked out at flush.

@@ -9,6 +9,7 @@ synchronise: tests wait on the tracker's and the wrapper's conditions under gene
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +21,10 @@ import pytest
 
 from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
-from sentinel.sessions.errors import SessionNotFound
-from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.errors import SessionNotFound, StoreUnavailable
+from sentinel.sessions.model import DEFAULT_RETENTION, ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.retry import Backoff
+from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import NullTracker, SessionTracker, Tracker
 from tests.sessions.conftest import FakeClock, StoreBackend
@@ -702,3 +704,212 @@ def test_throttle_lets_one_through_per_interval() -> None:
     assert [throttle.allow(t) for t in (0.0, 5.0, 9.99, 10.0, 15.0)] == [True, False, False, True, False]
     throttle.reset()
     assert throttle.allow(15.0)
+
+
+# -- issue 12: exactly once, and a summary that adds up ----------------------------------------------
+
+
+async def test_a_lost_answer_is_retried_as_is_and_never_counted_twice(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """The store applies a touch and the answer is lost, three times over, while touches go on.
+
+    1. 10 touches, flushed. 2. The next 3 touch calls are applied by the real store but raise
+    (a timed-out reply). 3. 15 more touches arrive while the batch is retried; then 5 more.
+    4. The batch is resent with its number and count until the store says it has it; the later
+    touches go in later batches. 5. After shutdown: stored == flushed == 30 exactly."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = make_tracker(faulty, template, clock)
+    async with running(tracker):
+        assert await tracker.start_session()
+        for _ in range(10):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+        faulty.lose(3, "touch")
+        for _ in range(15):
+            tracker.touch_nowait()
+        tracker.flush_nowait()
+        with anyio.fail_after(WAIT):
+            await faulty.wait_failed("touch", 1)
+        for _ in range(5):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+            summary = await tracker.shutdown(5.0)
+    record = await store.get(template.id)
+    assert faulty.failed["touch"] == 3
+    assert record.request_count == summary.flushed == 30
+    assert (summary.dropped, summary.discarded, summary.unflushed) == (0, 0, 0)
+    assert record.flush_seq >= 3
+
+
+@sqlite_only
+async def test_shutdown_with_the_file_locked_still_adds_up(
+    backend: StoreBackend, tmp_path: pytest.TempPathFactory, clock: FakeClock
+) -> None:
+    """Issue 12 item 2. 1. 20 issuances flushed. 2. Another connection takes SQLite's write lock.
+    3. 20 more issuances; shutdown with a 3 s budget: the flush cannot land (busy), the deadline
+    passes. 4. The summary adds up to 40: 20 flushed, 20 unflushed (the batch in flight)."""
+    path = tmp_path / "locked.db"  # type: ignore[operator]
+    store = await SqliteSessionStore.open(path, clock=clock, busy_timeout=0.5)
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock)
+    try:
+        async with running(tracker):
+            assert await tracker.start_session()
+            for _ in range(20):
+                tracker.touch_nowait()
+            with anyio.fail_after(WAIT):
+                await tracker.flush()
+            blocker = sqlite3.connect(path, isolation_level=None)
+            try:
+                blocker.execute("BEGIN IMMEDIATE")
+                for _ in range(20):
+                    tracker.touch_nowait()
+                with anyio.fail_after(WAIT):
+                    summary = await tracker.shutdown(3.0)
+            finally:
+                blocker.close()
+        assert summary.timed_out
+        assert summary.flushed + summary.dropped + summary.discarded + summary.unflushed == 40
+        assert (summary.flushed, summary.unflushed) == (20, 20)
+        assert (await store.get(template.id)).request_count == 20
+    finally:
+        await store.aclose()
+
+
+# -- issue 10: liveness by lease, missing records, staleness, opening in the background --------------
+
+
+async def test_two_live_trackers_with_one_instance_id_both_keep_working(
+    backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Issue 10 item 5. 1. A leftover of instance host-a whose lease lapsed (a SIGKILLed server).
+    2. Tracker A starts on host-a: the leftover is expired. 3. Tracker B starts on host-a too
+    (a cloned host): A's live session is NOT expired. 4. Both count their touches and neither is
+    revoked; shutdown expires each."""
+    leftover = make_template(clock, "host-a").with_changes(lease_until=clock.now() - timedelta(seconds=1))
+    first, second = make_template(clock, "host-a"), make_template(clock, "host-a")
+    async with second_client(backend) as a_store, second_client(backend) as b_store:
+        await a_store.create(leftover)
+        a, b = make_tracker(a_store, first, clock), make_tracker(b_store, second, clock)
+        async with running(a), running(b):
+            assert await a.start_session()
+            assert await b.start_session()
+            for _ in range(4):
+                a.touch_nowait()
+                b.touch_nowait()
+            b.touch_nowait()
+            with anyio.fail_after(WAIT):
+                await a.flush()
+                await b.flush()
+            assert not a.revoked
+            assert not b.revoked
+            assert (await b_store.get(first.id)).status is SessionStatus.ACTIVE
+            with anyio.fail_after(WAIT):
+                summaries = [await a.shutdown(5.0), await b.shutdown(5.0)]
+        records = [await a_store.get(s.id) for s in (leftover, first, second)]
+    assert [r.status for r in records] == [SessionStatus.EXPIRED] * 3
+    assert [r.request_count for r in records[1:]] == [4, 5]
+    assert [a.statistics().stale_expired, b.statistics().stale_expired] == [1, 0]
+    assert all(s.expired for s in summaries)
+
+
+async def test_an_idle_server_renews_its_lease_rarely(store: SessionStore, clock: FakeClock) -> None:
+    """1. An idle tracker polls every 0.05 s and renews every 0.3 s (60 s in production).
+    2. The wall clock moves 2 minutes. 3. A renewal lands: the lease runs 3 minutes from the new
+    now. Renewals are a small share of the store calls: most idle calls stay reads."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = SessionTracker(
+        faulty, template, clock=clock, revocation_poll=0.05, lease_renewal=0.3, backoff=FAST_BACKOFF
+    )
+    async with running(tracker):
+        assert await tracker.start_session()
+        now = clock.advance(120)
+        renewals = faulty.started["renew"]
+        with anyio.fail_after(WAIT):
+            await faulty.wait_finished("renew", renewals + 2)
+            await faulty.wait_finished("get", faulty.finished["get"] + 1)
+        record = await store.get(template.id)
+        assert record.lease_until == now + DEFAULT_RETENTION.lease
+        assert faulty.finished["get"] > faulty.finished["renew"]
+        assert "touch" not in faulty.started  # no write without a request or a renewal
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+
+
+async def test_staleness_is_reported_and_flags_past_its_limit(store: SessionStore, clock: FakeClock) -> None:
+    """Issue 10 item 7. 1. A tracker with a 0.3 s staleness limit hears from the store.
+    2. The store fails: statistics say degraded with the store's one-line reason; once 0.3 s
+    pass without an answer, `stale` is True. 3. The store heals: the next answer clears it and
+    the staleness is back near zero."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = SessionTracker(
+        faulty, template, clock=clock, revocation_poll=0.05, backoff=FAST_BACKOFF, staleness_limit=0.3
+    )
+    async with running(tracker):
+        assert await tracker.start_session()
+        assert tracker.statistics().last_heard is not None
+        faulty.fail()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_stale()
+        stats = tracker.statistics()
+        assert stats.stale
+        assert stats.degraded
+        assert stats.degraded_reason is not None
+        assert "injected fault" in stats.degraded_reason
+        assert "\n" not in stats.degraded_reason
+        assert tracker.revocation_staleness() >= 0.3
+        faulty.heal()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_heard()
+        assert not tracker.stale
+        assert tracker.revocation_staleness() < 0.3
+        assert tracker.statistics().degraded_reason is None
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+
+
+async def test_a_store_that_cannot_be_opened_is_retried_in_the_background(
+    tmp_path: pytest.TempPathFactory, clock: FakeClock
+) -> None:
+    """Issue 10 item 2: tracking never switches itself off. 1. The SQLite path is a directory:
+    opening fails; start_session says False and the tracker is degraded. 2. 3 touches are kept.
+    3. The directory goes away: the opener succeeds, the record is created with the 3 touches.
+    4. A revocation through another client is seen. 5. Shutdown closes the store it opened."""
+    path = tmp_path / "sessions.db"  # type: ignore[operator]
+    path.mkdir()
+    opened: list[SqliteSessionStore] = []
+
+    async def opener() -> SessionStore:
+        opened.append(await SqliteSessionStore.open(path, clock=clock))
+        return opened[-1]
+
+    template = make_template(clock)
+    tracker = SessionTracker(opener, template, clock=clock, revocation_poll=0.05, backoff=FAST_BACKOFF)
+    assert not await tracker.start_session()
+    assert tracker.statistics().degraded
+    async with running(tracker):
+        for _ in range(3):
+            tracker.touch_nowait()
+        path.rmdir()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_session_created()
+            await tracker.flush()
+        async with await SqliteSessionStore.open(path, clock=clock) as other:
+            assert (await other.get(template.id)).request_count == 3
+            await other.revoke(template.id, "admin", "test")
+            with anyio.fail_after(WAIT):
+                await tracker.wait_revoked()
+            with anyio.fail_after(WAIT):
+                summary = await tracker.shutdown(5.0)
+            assert (await other.get(template.id)).status is SessionStatus.REVOKED
+    assert len(opened) == 1
+    assert summary.flushed == 3
+    assert tracker.revoked_reason == "session revoked"
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await opened[0].get(template.id)
