@@ -16,7 +16,7 @@ import pytest
 
 from sentinel.sessions.dynamodb import DynamoDBSessionStore, create_session_table
 from tests.sessions.conftest import FakeClock
-from tests.sessions.test_tracker import FAST_BACKOFF, WAIT, make_template, running
+from tests.sessions.test_tracker import FAST_BACKOFF, make_template, running, touch_and_flush
 from tests.support.dynamodb_lint import linted_session
 from tests.support.lossy_proxy import LossyProxy
 from tests.support.moto import REGION
@@ -49,10 +49,7 @@ async def test_lost_dynamodb_answers_never_double_count(
         try:
             async with running(tracker):
                 assert await tracker.start_session()
-                for _ in range(10):
-                    tracker.touch_nowait()
-                with anyio.fail_after(WAIT):
-                    await tracker.flush()
+                await touch_and_flush(tracker, 10)
                 proxy.lose(4, _is_touch)
                 for _ in range(25):
                     tracker.touch_nowait()

@@ -111,6 +111,14 @@ async def touch_concurrently(tracker: SessionTracker, tasks: int, per_task: int,
     return tasks * per_task
 
 
+async def touch_and_flush(tracker: SessionTracker, count: int) -> None:
+    """`count` issuances, then wait (bounded) until the store has them."""
+    for _ in range(count):
+        tracker.touch_nowait()
+    with anyio.fail_after(WAIT):
+        await tracker.flush()
+
+
 def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
@@ -723,10 +731,7 @@ async def test_a_lost_answer_is_retried_as_is_and_never_counted_twice(
     tracker = make_tracker(faulty, template, clock)
     async with running(tracker):
         assert await tracker.start_session()
-        for _ in range(10):
-            tracker.touch_nowait()
-        with anyio.fail_after(WAIT):
-            await tracker.flush()
+        await touch_and_flush(tracker, 10)
         faulty.lose(3, "touch")
         for _ in range(15):
             tracker.touch_nowait()
@@ -759,10 +764,7 @@ async def test_shutdown_with_the_file_locked_still_adds_up(
     try:
         async with running(tracker):
             assert await tracker.start_session()
-            for _ in range(20):
-                tracker.touch_nowait()
-            with anyio.fail_after(WAIT):
-                await tracker.flush()
+            await touch_and_flush(tracker, 20)
             blocker = sqlite3.connect(path, isolation_level=None)
             try:
                 blocker.execute("BEGIN IMMEDIATE")
