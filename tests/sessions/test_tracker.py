@@ -915,3 +915,29 @@ async def test_a_store_that_cannot_be_opened_is_retried_in_the_background(
     assert tracker.revoked_reason == "session revoked"
     with pytest.raises(StoreUnavailable, match="closed"):
         await opened[0].get(template.id)
+
+
+async def test_a_revoked_sessions_record_holds_every_served_count(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Issue 10 item 6. 1. 36 issuances flushed in three batches. 2. An admin revokes the session
+    through another client. 3. 20 more, issued before the server learned of it, flushed in two
+    batches: the first learns the revocation, the second is sent as a revoked touch.
+    4. After shutdown the revoked record holds all 56; nothing is discarded."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, revocation_poll=3600)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        for _ in range(3):
+            await touch_and_flush(tracker, 12)
+        await other.revoke(template.id, by="admin", reason="incident")
+        await touch_and_flush(tracker, 10)
+        assert tracker.revoked
+        await touch_and_flush(tracker, 10)
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+        record = await other.get(template.id)
+    assert record.status is SessionStatus.REVOKED
+    assert record.request_count + summary.dropped == 56
+    assert (summary.flushed, summary.discarded, summary.unflushed) == (56, 0, 0)
+    assert record.flush_seq == 5
