@@ -70,6 +70,12 @@ class Tracker(Protocol):
     @property
     def revoked_reason(self) -> str | None: ...
 
+    # True while the store has not answered for longer than the staleness limit (a plain
+    # attribute: the hot path reads it with no clock call).
+    stale: bool
+
+    def revocation_staleness(self) -> float: ...
+
     def touch_nowait(self, session_id: str | None = None) -> None: ...
 
     async def start_session(self) -> bool: ...
@@ -111,9 +117,14 @@ class NullTracker:
     def revoked(self) -> bool:
         return False
 
+    stale = False
+
     @property
     def revoked_reason(self) -> str | None:
         return None
+
+    def revocation_staleness(self) -> float:
+        return 0.0
 
     def touch_nowait(self, session_id: str | None = None) -> None:
         return None

@@ -789,8 +789,8 @@ async def test_two_live_trackers_with_one_instance_id_both_keep_working(
     backend: StoreBackend, clock: FakeClock
 ) -> None:
     """Issue 10 item 5. 1. A leftover of instance host-a whose lease lapsed (a SIGKILLed server).
-    2. Tracker A starts on host-a: the leftover is expired. 3. Tracker B starts on host-a too
-    (a cloned host): A's live session is NOT expired. 4. Both count their touches and neither is
+    2. Trackers A and B start on host-a (a cloned host): the leftover is expired, once; neither
+    live session is. 4. Both count their touches and neither is
     revoked; shutdown expires each."""
     leftover = make_template(clock, "host-a").with_changes(lease_until=clock.now() - timedelta(seconds=1))
     first, second = make_template(clock, "host-a"), make_template(clock, "host-a")
@@ -815,7 +815,8 @@ async def test_two_live_trackers_with_one_instance_id_both_keep_working(
         records = [await a_store.get(s.id) for s in (leftover, first, second)]
     assert [r.status for r in records] == [SessionStatus.EXPIRED] * 3
     assert [r.request_count for r in records[1:]] == [4, 5]
-    assert [a.statistics().stale_expired, b.statistics().stale_expired] == [1, 0]
+    # Both workers start at once, so either may be the one whose sweep ends the leftover.
+    assert sorted([a.statistics().stale_expired, b.statistics().stale_expired]) == [0, 1]
     assert all(s.expired for s in summaries)
 
 
