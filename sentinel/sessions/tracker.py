@@ -133,6 +133,7 @@ class SessionTracker:
         # reading (None: never) for reports; `_heard_anyio` drives the staleness watch.
         self._heard_at: float | None = None
         self._heard_anyio = -math.inf  # set when the worker starts: staleness counts from there
+        self._answers = 0  # store answers so far (what the waiters on `_heard` watch)
         self._started_at = self._monotonic()
         self._heard = Broadcast()
         # The hot path reads this plain attribute: set by the staleness watch, cleared on contact.
@@ -376,8 +377,7 @@ class SessionTracker:
 
     async def wait_heard(self) -> None:
         """Wait until the store next answers."""
-        before = self._heard_at
-        await self._heard.wait_until(lambda: self._heard_at is not before)
+        await self._heard.wait_until(self._answered_since(self._answers))
 
     # -- worker --------------------------------------------------------------------------------
 
@@ -558,20 +558,19 @@ class SessionTracker:
     async def _watch_staleness(self, limit: float) -> None:
         """Set `stale` once the store has not answered for `limit` seconds; contact clears it."""
         while True:
-            heard = self._heard_anyio
-            delay = heard + limit - anyio.current_time()
-            if delay > 0:
-                await anyio.sleep(delay)  # a deadline, not a synchronisation: re-checked below
-                continue
+            answers = self._answers
+            with anyio.move_on_after(self._heard_anyio + limit - anyio.current_time()):
+                await self._heard.wait_until(self._answered_since(answers))
+                continue  # heard in time: the deadline moves on
             self.stale = True
             self._changed.notify()
             self._log.warning(
                 "no answer from the session store for %.0f s: revocation status is stale", limit
             )
-            await self._heard.wait_until(self._heard_since(heard))
+            await self._heard.wait_until(self._answered_since(answers))
 
-    def _heard_since(self, heard: float) -> Callable[[], bool]:
-        return lambda: self._heard_anyio != heard
+    def _answered_since(self, answers: int) -> Callable[[], bool]:
+        return lambda: self._answers != answers
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -593,6 +592,7 @@ class SessionTracker:
         self._retry.succeeded()
         self._heard_at = self._monotonic()
         self._heard_anyio = anyio.current_time()
+        self._answers += 1
         self.stale = False
         self._heard.notify()
 
