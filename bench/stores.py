@@ -17,7 +17,7 @@ from sentinel.sessions.store import SessionStore
 
 T = TypeVar("T")
 
-WRITES = frozenset({"create", "update", "delete", "touch", "revoke", "expire"})
+WRITES = frozenset({"create", "update", "delete", "touch", "renew", "revoke", "expire", "expire_stale"})
 
 
 class MeteredStore(DelegatingStore):

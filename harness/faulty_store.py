@@ -2,8 +2,9 @@
 
 Every call goes to the wrapped store unless a fault is switched on: `slow()` adds latency before
 the call, `fail()` raises `StoreUnavailable` instead of calling, `block()` holds calls until
-`heal()`. It also counts calls started and finished per operation, and lets a test wait for a count
-instead of sleeping.
+`heal()`, `lose()` makes the call and then raises as if its answer had been lost (issue 12).
+It also counts calls started and finished per operation, and lets a test wait for a count instead
+of sleeping.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sentinel.sessions.errors import StoreUnavailable
 from sentinel.sessions.store import SessionStore
 
 T = TypeVar("T")
-FaultKind = Literal["slow", "fail", "block"]
+FaultKind = Literal["slow", "fail", "block", "lose"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class FaultyStore(DelegatingStore):
         self.finished: Counter[str] = Counter()  # returned or raised, injected faults included
         self.failed: Counter[str] = Counter()  # raised (injected or from the real store)
         self._fault: Fault | None = None
+        self._losses = 0
         self._release = anyio.Event()
         self._changed = Broadcast()
 
@@ -55,6 +57,12 @@ class FaultyStore(DelegatingStore):
     def fail(self, *operations: str) -> None:
         """Raise `StoreUnavailable` instead of calling the store."""
         self._fault = Fault("fail", _ops(operations))
+
+    def lose(self, times: int, *operations: str) -> None:
+        """The next `times` calls (of `operations`, or all) reach the store and are applied, then
+        raise `StoreUnavailable` as a timed-out reply would."""
+        self._losses = times
+        self._fault = Fault("lose", _ops(operations))
 
     def block(self, *operations: str) -> None:
         """Hold calls until `heal()` (a store that accepts connections and never answers)."""
@@ -91,6 +99,12 @@ class FaultyStore(DelegatingStore):
                     await anyio.sleep(fault.seconds)
                 elif fault.kind == "block":
                     await self._release.wait()
+                elif fault.kind == "lose":
+                    await call()  # applied by the store; the caller never hears of it
+                    self._losses -= 1
+                    if self._losses <= 0:
+                        self._fault = None
+                    raise StoreUnavailable(self.name, operation, "injected fault: the answer was lost")
                 else:
                     raise StoreUnavailable(self.name, operation, "injected fault: store unavailable")
             return await call()

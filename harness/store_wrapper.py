@@ -56,8 +56,28 @@ class DelegatingStore:
             lambda: self.inner.find_active_by_server_instance(server_instance_id),
         )
 
-    async def touch(self, session_id: str, count: int, last_access_at: datetime) -> SessionStatus:
-        return await self._call("touch", lambda: self.inner.touch(session_id, count, last_access_at))
+    async def touch(
+        self,
+        session_id: str,
+        count: int,
+        last_access_at: datetime,
+        *,
+        seq: int | None = None,
+        known_status: SessionStatus = SessionStatus.ACTIVE,
+    ) -> SessionStatus:
+        return await self._call(
+            "touch",
+            lambda: self.inner.touch(session_id, count, last_access_at, seq=seq, known_status=known_status),
+        )
+
+    async def renew(self, session_id: str) -> SessionStatus:
+        return await self._call("renew", lambda: self.inner.renew(session_id))
+
+    async def find_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        return await self._call("find_stale", lambda: self.inner.find_stale(now, server_instance_id))
+
+    async def expire_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        return await self._call("expire_stale", lambda: self.inner.expire_stale(now, server_instance_id))
 
     async def revoke(self, session_id: str, by: str, reason: str) -> ServerSession:
         return await self._call("revoke", lambda: self.inner.revoke(session_id, by, reason))

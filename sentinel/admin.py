@@ -10,11 +10,19 @@ import heapq
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from sentinel.config import ServerConfig
 from sentinel.errors import SentinelError
 from sentinel.sessions.factory import open_store
-from sentinel.sessions.model import ServerSession, SessionStatus, validate_session_id
+from sentinel.sessions.model import (
+    DEFAULT_RETENTION,
+    Retention,
+    ServerSession,
+    SessionStatus,
+    utc_now,
+    validate_session_id,
+)
 from sentinel.sessions.store import SessionStore, clamp_limit
 
 
@@ -75,6 +83,24 @@ def _filters_after(query: ListFilter) -> int:
 
 async def get_session(store: SessionStore, session_id: str) -> ServerSession:
     return await store.get(validate_session_id(session_id))
+
+
+def shown_status(session: ServerSession, now: datetime, retention: Retention = DEFAULT_RETENTION) -> str:
+    """The status an admin reads: `active (stale)` for an active session whose lease lapsed
+    (issue 10: its server stopped renewing it, most likely killed), else the status itself."""
+    if retention.is_stale(session, now):
+        return f"{session.status.value} (stale)"
+    return session.status.value
+
+
+async def expire_stale_sessions(store: SessionStore, *, dry_run: bool) -> list[ServerSession]:
+    """End every active session whose lease lapsed, whatever its instance id (issue 10); with
+    `dry_run`, only name them. Each expiry is conditional on the lease still having lapsed, so a
+    server that renews meanwhile keeps its session."""
+    now = utc_now()
+    if dry_run:
+        return await store.find_stale(now)
+    return await store.expire_stale(now)
 
 
 def revocation_arguments(session_id: str, reason: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -26,6 +27,7 @@ from sentinel.sessions.model import (
     ServerSession,
     SessionStatus,
     format_timestamp,
+    utc_now,
     validate_session_id,
 )
 
@@ -124,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--json", action="store_true")
     revoke.set_defaults(handler=_cmd_revoke)
 
+    sweep = commands.add_parser(
+        "server-expire-stale", help="expire active sessions whose lease lapsed (their server is gone)"
+    )
+    _add_options(sweep, STORE_FIELDS)
+    sweep.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    sweep.add_argument("--json", action="store_true", help="print a JSON list")
+    sweep.set_defaults(handler=_cmd_expire_stale)
+
     table = commands.add_parser("create-session-table", help="create the DynamoDB session table")
     _add_options(table, ("session_table", "region"))
     table.set_defaults(handler=_cmd_create_table)
@@ -147,21 +157,33 @@ def _json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _session_record(session: ServerSession) -> dict[str, Any]:
-    return dict(session.to_record())
+def _session_record(session: ServerSession, now: datetime | None = None) -> dict[str, Any]:
+    """The stored record; for an active session whose lease lapsed (issue 10), `status` reads
+    `active (stale)` as in the table, and `stale` is true."""
+    from sentinel.admin import shown_status
+
+    record: dict[str, Any] = dict(session.to_record())
+    status = shown_status(session, now or utc_now())
+    if status != session.status.value:
+        record.update(status=status, stale=True)
+    return record
 
 
 def _short_time(value: Any) -> str:
     return format_timestamp(value)[:19].replace("T", " ")
 
 
-def format_table(sessions: Sequence[ServerSession]) -> str:
-    """Aligned columns: id, status, user, profile, started, last access, requests."""
+def format_table(sessions: Sequence[ServerSession], now: datetime | None = None) -> str:
+    """Aligned columns: id, status (`active (stale)` once the lease lapsed), user, profile,
+    started, last access, requests."""
+    from sentinel.admin import shown_status
+
+    now = now or utc_now()
     header = ("ID", "STATUS", "USER", "PROFILE", "STARTED (UTC)", "LAST ACCESS (UTC)", "REQUESTS")
     rows = [
         (
             s.id,
-            s.status.value,
+            shown_status(s, now),
             s.user,
             s.profile,
             _short_time(s.started_at),
@@ -245,6 +267,27 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         _json(_session_record(session))
     else:
         _out(f"revoked session {session.id} (user {session.user}, profile {session.profile})")
+    return 0
+
+
+def _cmd_expire_stale(args: argparse.Namespace) -> int:
+    from sentinel import admin
+
+    config = _config(args, STORE_FIELDS)
+
+    async def work() -> list[ServerSession]:
+        async with admin.store_for(config) as store:
+            return await admin.expire_stale_sessions(store, dry_run=args.dry_run)
+
+    sessions = _run(work)
+    if args.json:
+        _json([_session_record(s) for s in sessions])
+        return 0
+    verb = "would expire" if args.dry_run else "expired"
+    for s in sessions:
+        lapsed = f"lapsed {_short_time(s.lease_until)}" if s.lease_until else "never renewed"
+        _out(f"{verb} stale session {s.id} (user {s.user}, profile {s.profile}, lease {lapsed})")
+    _out(f"{len(sessions)} stale session{'' if len(sessions) == 1 else 's'} {verb}")
     return 0
 
 

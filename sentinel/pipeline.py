@@ -68,7 +68,8 @@ class Pipeline:
         self._health_extra = health_extra or {}
         self._keys: dict[timedelta | None, CacheKey] = {}
         self._denials: dict[Decision, Reply] = {}
-        self._revoked_reply = error_reply(403, REVOKED_MESSAGE)
+        # Issue 10: the gate says why: "session revoked", or "session record missing".
+        self._revoked_replies: dict[str, Reply] = {}
         self._unavailable_reply = error_reply(500, UNAVAILABLE_MESSAGE)
         # One Reply per credentials object: a cache hit allocates nothing new for the body.
         self._last_credentials: Credentials | None = None
@@ -126,8 +127,7 @@ class Pipeline:
         # Revocation may have landed while we waited on STS: check the gate again.
         if self._tracker.revoked:
             self._decisions.inc("revoked")
-            self._audit_entry(decision, 403, cache_hit=cache_hit, reason=REVOKED_MESSAGE)
-            return self._revoked_reply
+            return self._refuse_revoked(decision, cache_hit=cache_hit)
         return self._allow(decision, credentials, cache_hit=cache_hit)
 
     def health(self) -> Reply:
@@ -174,11 +174,18 @@ class Pipeline:
             return self._denial(decision)
         if self._tracker.revoked:
             self._decisions.inc("revoked")
-            self._audit_entry(decision, 403, cache_hit=False, reason=REVOKED_MESSAGE)
-            return self._revoked_reply
+            return self._refuse_revoked(decision, cache_hit=False)
         # An allow is counted where the request ends (_allow, or the failure paths of issue()):
         # a cold request passes through here twice, once in issue_nowait and once in issue.
         return decision, self._key(decision.max_server_duration)
+
+    def _refuse_revoked(self, decision: Decision, *, cache_hit: bool) -> Reply:
+        message = self._tracker.revoked_reason or REVOKED_MESSAGE
+        self._audit_entry(decision, 403, cache_hit=cache_hit, reason=message)
+        reply = self._revoked_replies.get(message)
+        if reply is None:
+            reply = self._revoked_replies[message] = error_reply(403, message)
+        return reply
 
     def _evaluate(self) -> Decision:
         """`evaluate()` for this server's fixed (user, profile, mode), on every request.

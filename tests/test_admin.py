@@ -143,9 +143,7 @@ def seeded_dynamodb(admin_env: dict[str, str], endpoint: None) -> Store:
     return store
 
 
-@pytest.fixture(scope="module")
-def scratch_dynamodb(admin_env: dict[str, str], endpoint: None) -> Store:
-    """A second table for the tests that change sessions (each adds its own)."""
+def _new_table(admin_env: dict[str, str]) -> Store:
     table = f"sentinel-admin-{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
@@ -153,6 +151,12 @@ def scratch_dynamodb(admin_env: dict[str, str], endpoint: None) -> Store:
 
     anyio.run(create)
     return Store("dynamodb", ["--session-table", table], admin_env)
+
+
+@pytest.fixture(scope="module")
+def scratch_dynamodb(admin_env: dict[str, str], endpoint: None) -> Store:
+    """A second table for the tests that change sessions (each adds its own)."""
+    return _new_table(admin_env)
 
 
 @pytest.fixture
@@ -381,3 +385,54 @@ def test_create_session_table_requires_a_name(sandbox: AwsSandbox) -> None:
     result = run_sentinel(["create-session-table"], sandbox.env())
     assert result.returncode == EXIT_CONFIG
     assert result.stderr.splitlines() == ["sentinel: create-session-table: --session-table is required"]
+
+
+@pytest.fixture
+def fresh_dynamodb(admin_env: dict[str, str], endpoint: None) -> Store:
+    """A table of its own: a bulk sweep must not reach the sessions other tests left behind."""
+    return _new_table(admin_env)
+
+
+@pytest.mark.parametrize("kind", BOTH)
+def test_stale_sessions_are_shown_and_expired_in_bulk(request: pytest.FixtureRequest, kind: str) -> None:
+    """Issue 10: liveness by lease.
+    1. Three active sessions: one whose lease lapsed (a killed server), one live, and one whose
+       lease lapsed but is of another instance id. 2. `server-sessions` shows the two lapsed ones
+       as `active (stale)` in the table and the JSON, the live one as `active`.
+    3. `server-expire-stale --dry-run` names both and changes nothing.
+    4. `server-expire-stale` expires both, prints what it did; the live one stays active."""
+    store: Store = request.getfixturevalue("scratch_sqlite" if kind == "sqlite" else "fresh_dynamodb")
+    # A session that started 10 minutes ago and was never touched: its 3-minute lease lapsed.
+    leftover, other, live = store.add(
+        ("frank", "dev", SessionStatus.ACTIVE, 0, 10),
+        ("grace", "dev", SessionStatus.ACTIVE, 0, 9),
+        ("heidi", "dev", SessionStatus.ACTIVE, 2, 8),  # the touch renewed its lease just now
+    )
+    code, stdout, stderr = store.run("server-sessions")
+    assert (code, stderr) == (0, "")
+    rows = {line.split()[0]: line for line in stdout.splitlines()[1:]}
+    assert rows[leftover.id].split()[1:3] == ["active", "(stale)"]
+    assert rows[other.id].split()[1:3] == ["active", "(stale)"]
+    assert rows[live.id].split()[1:3] == ["active", "heidi"]
+    code, stdout, _ = store.run("server-sessions", "--json")
+    listed = {entry["id"]: entry for entry in json.loads(stdout)}
+    assert (listed[leftover.id]["status"], listed[leftover.id]["stale"]) == ("active (stale)", True)
+    assert listed[live.id] == store.read(live.id).to_record()
+
+    code, stdout, stderr = store.run("server-expire-stale", "--dry-run")
+    assert (code, stderr) == (0, "")
+    assert stdout.splitlines()[-1] == "2 stale sessions would expire"
+    assert f"would expire stale session {leftover.id} (user frank, profile dev" in stdout
+    assert store.read(leftover.id).status is SessionStatus.ACTIVE
+
+    code, stdout, stderr = store.run("server-expire-stale")
+    assert (code, stderr) == (0, "")
+    assert stdout.splitlines()[-1] == "2 stale sessions expired"
+    assert f"expired stale session {other.id} (user grace, profile dev" in stdout
+    assert [store.read(s.id).status for s in (leftover, other, live)] == [
+        SessionStatus.EXPIRED,
+        SessionStatus.EXPIRED,
+        SessionStatus.ACTIVE,
+    ]
+    code, stdout, _ = store.run("server-expire-stale")
+    assert (code, stdout) == (0, "0 stale sessions expired\n")

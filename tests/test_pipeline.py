@@ -29,6 +29,7 @@ from sentinel.config import ServerConfig
 from sentinel.metrics import Registry
 from sentinel.policy import Mode, PolicyWatcher
 from sentinel.server import Server
+from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.model import ServerSession, SessionStatus
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker
@@ -208,6 +209,30 @@ async def test_only_successful_issuances_touch_the_session(aws_files: None, tmp_
                 assert (status, orjson.loads(body)) == (403, {"Message": "session revoked"})
             assert wired.store.started["get"] == reads
             assert wired.tracker.statistics().queued == 1
+        finally:
+            await client.close()
+
+
+async def test_a_deleted_record_closes_the_gate_with_its_own_message(aws_files: None, tmp_path: Path) -> None:
+    """Issue 10: a missing record is not a licence.
+    1. allow: 200. 2. the record is deleted through the store (not the tracker).
+    3. once the tracker has noticed (its idle poll), every request gets 403 "session record
+       missing", with no touch; the record is not recreated."""
+    async with wiring(tmp_path) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            assert (await client.get())[0] == 200
+            await wired.tracker.flush()
+            await wired.store.inner.delete(wired.template.id)
+            with anyio.fail_after(DEADLINE):
+                await wired.tracker.wait_revoked()
+            for _ in range(3):
+                status, body, _ = await client.get()
+                assert (status, orjson.loads(body)) == (403, {"Message": "session record missing"})
+            assert wired.tracker.statistics().queued == 1
+            with pytest.raises(SessionNotFound):
+                await wired.store.inner.get(wired.template.id)
+            assert wired.store.started["create"] == 1
         finally:
             await client.close()
 

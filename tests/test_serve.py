@@ -18,6 +18,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from harness.loopback import http_get
 from harness.moto import MotoServer
 from harness.waiting import wait_until
 from sentinel.sessions.dynamodb import create_session_table
-from sentinel.sessions.model import SessionStatus
+from sentinel.sessions.factory import open_store
+from sentinel.sessions.model import SessionStatus, utc_now
 from tests.support.files import decision_statuses, write_atomically
 from tests.support.notify_socket import NotifySocket
 from tests.support.policies import DENY_POLICY
@@ -357,7 +359,8 @@ def test_a_restart_after_sigkill_expires_the_stale_session(
     env: dict[str, str], tmp_path: Path, policy: Path
 ) -> None:
     """1. A serves with --server-instance-id web-1; its session is active in the store.
-    2. SIGKILL: nothing ends the session; it stays active.
+    2. SIGKILL: nothing ends the session; it stays active, and nothing renews its lease: the
+       test moves the lease into the past, as the 3 minutes of a lease would (issue 10).
     3. B starts with the same instance id: A's session is now expired, B's active, and B said so.
     4. B stops cleanly on SIGINT: its own session ends expired too."""
     db = tmp_path / "sessions.db"
@@ -368,6 +371,7 @@ def test_a_restart_after_sigkill_expires_the_stale_session(
         wait_until(lambda: _status(a_id, db) is SessionStatus.ACTIVE, "A's session record")
         assert a.process.stop(signal.SIGKILL) == -signal.SIGKILL
     assert _status(a_id, db) is SessionStatus.ACTIVE
+    anyio.run(_lapse_lease, a_id, db)
     with serving(env, tmp_path / "b", *args) as b:
         b_id = b.session_id
         assert b_id != a_id
@@ -376,6 +380,16 @@ def test_a_restart_after_sigkill_expires_the_stale_session(
         b.process.wait_for_line(rf"expired stale session {a_id}")
         assert b.process.stop(signal.SIGINT) == 0  # Ctrl-C stops as cleanly as SIGTERM
     assert _status(b_id, db) is SessionStatus.EXPIRED
+
+
+async def _lapse_lease(session_id: str, db: Path) -> None:
+    """What the passing of a lease does to a killed server's record, without waiting for it."""
+    store = await open_store(session_table=None, session_db=db, region=REGION)
+    try:
+        record = await store.get(session_id)
+        await store.update(record.with_changes(lease_until=utc_now() - timedelta(seconds=1)))
+    finally:
+        await store.aclose()
 
 
 def _status(session_id: str, db: Path) -> SessionStatus | None:

@@ -68,6 +68,7 @@ __all__ = ["DEFAULT_PAGE_SIZE", "DynamoDBSessionStore", "create_session_table"]
 
 DEFAULT_PAGE_SIZE = 100
 
+_UNLIMITED = 1 << 62  # a sweep reads every page; each page is still bounded by page_size
 _ONE_TICK = timedelta(microseconds=1)  # the resolution of stored timestamps
 _ACTIVE = SessionStatus.ACTIVE.value
 
@@ -224,25 +225,136 @@ class DynamoDBSessionStore:
 
     # --- conditional updates of an active session ---------------------------------------------------
 
-    async def touch(self, session_id: str, count: int, last_access_at: datetime) -> SessionStatus:
-        """One `UpdateItem`: ADD `count` to request_count, SET last_access_at, updated_at,
-        expires_at and ttl, conditional on the item existing with status active.
+    async def touch(
+        self,
+        session_id: str,
+        count: int,
+        last_access_at: datetime,
+        *,
+        seq: int | None = None,
+        known_status: SessionStatus = SessionStatus.ACTIVE,
+    ) -> SessionStatus:
+        """One `UpdateItem` in the steady state: ADD `count` to request_count, SET last_access_at,
+        updated_at (and flush_seq), conditional on the status the caller believes and, with
+        `seq`, on `flush_seq < seq` (issue 12). An active record also gets expires_at, ttl and
+        lease_until moved (issue 10).
 
-        Returns ACTIVE when applied, else the terminal status read from the failed condition
-        (ALL_OLD), so callers learn about a revocation without another read. `SessionNotFound` if
-        the record is absent."""
+        A failed condition's ALL_OLD says why, with no extra read: `flush_seq >= seq` means the
+        batch was applied before (its answer lost), so nothing more is sent; another status means
+        the belief was wrong, and the form for the status read is sent once."""
+        if key_value_problem(KEY_ATTRIBUTE, session_id):
+            raise SessionNotFound(self._name, "touch", session_id)
+        believed = known_status
+        for _ in range(3):  # a status changes at most once (active -> terminal), so 2 suffice
+            try:
+                await self._touch_as(session_id, count, last_access_at, seq, believed)
+            except ConditionFailed as failed:
+                if not failed.old:
+                    raise SessionNotFound(self._name, "touch", session_id) from None
+                old = self._parse("touch", failed.old)
+                if seq is not None and old.flush_seq >= seq:
+                    return old.status
+                if (old.status is SessionStatus.ACTIVE) is (believed is SessionStatus.ACTIVE):
+                    # cannot happen: the condition holds for that status and sequence
+                    raise SessionStoreError(self._name, "touch", "condition failed unexpectedly") from None
+                believed = old.status
+                continue
+            return believed
+        raise SessionStoreError(self._name, "touch", "status kept changing")
+
+    async def _touch_as(
+        self, session_id: str, count: int, last_access_at: datetime, seq: int | None, status: SessionStatus
+    ) -> None:
+        now = self._clock.now()
+        expr = Expression()
+        sets: dict[str, str | int] = {
+            "last_access_at": format_timestamp(last_access_at),
+            "updated_at": format_timestamp(now),
+        }
+        state = f"{expr.name('status')} = {expr.value('active', _ACTIVE)}"
+        if status is SessionStatus.ACTIVE:
+            sets["expires_at"] = format_timestamp(self._retention.expires_at(last_access_at))
+            sets["ttl"] = self._retention.ttl(last_access_at)
+            sets["lease_until"] = format_timestamp(self._retention.lease_until(now))
+        else:
+            # Any terminal status: a touch never moves the lifetime of an ended session.
+            state = f"{expr.name('status')} <> {expr.value('active', _ACTIVE)}"
+        if seq is not None:
+            sets["flush_seq"] = seq
+        update = "SET " + ", ".join(f"{expr.name(k)} = {expr.value(k, v)}" for k, v in sets.items())
+        update += f" ADD {expr.name('request_count')} {expr.value('request_count', count)}"
+        condition = f"attribute_exists({expr.name(KEY_ATTRIBUTE)}) AND {state}"
+        if seq is not None:
+            # `:flush_seq` is the value SET above; the same placeholder serves the condition.
+            condition += (
+                f" AND (attribute_not_exists({expr.name('flush_seq')})"
+                f" OR {expr.name('flush_seq')} < {expr.value('flush_seq', seq)})"
+            )
+        with self._translated("touch"):
+            await self._client.update_item(
+                TableName=self._table,
+                Key=self._key(session_id),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ReturnValues="NONE",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **expr.params(),
+            )
+
+    async def renew(self, session_id: str) -> SessionStatus:
+        """Push an active record's lease forward in one conditional `UpdateItem` (issue 10);
+        a terminal record is left alone and its status returned (from ALL_OLD)."""
+        lease = format_timestamp(self._retention.lease_until(self._clock.now()))
         result = await self._update_active(
-            "touch",
-            session_id,
-            sets={
-                "last_access_at": format_timestamp(last_access_at),
-                "expires_at": format_timestamp(self._retention.expires_at(last_access_at)),
-                "ttl": self._retention.ttl(last_access_at),
-            },
-            add={"request_count": count},
-            return_new=False,
+            "renew", session_id, sets={"lease_until": lease}, add={}, return_new=False
         )
         return result if isinstance(result, SessionStatus) else SessionStatus.ACTIVE
+
+    async def find_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        """Active sessions whose lease lapsed before `now`, newest first. Reads gsi-status (or
+        gsi-server-instance) to the end, so it is eventually consistent like the lists."""
+        if server_instance_id is None:
+            active = await self._query("find_stale", GSI_STATUS, _ACTIVE, _UNLIMITED)
+        else:
+            active = await self._query(
+                "find_stale", GSI_SERVER_INSTANCE, server_instance_id, _UNLIMITED, range_value=_ACTIVE
+            )
+        stale = [session for session in active if self._retention.is_stale(session, now)]
+        return sorted(stale, key=lambda s: s.created_at, reverse=True)
+
+    async def expire_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        """`find_stale`, then one `UpdateItem` per session, conditional on the lease still having
+        lapsed (the index may be behind; a renewal racing the sweep wins)."""
+        expired = []
+        cutoff = format_timestamp(now - self._retention.lease)
+        for stale in await self.find_stale(now, server_instance_id):
+            expr = Expression()
+            lease = expr.name("lease_until")
+            condition = (
+                f"attribute_exists({expr.name(KEY_ATTRIBUTE)}) AND "
+                f"{expr.name('status')} = {expr.value('active', _ACTIVE)} AND "
+                f"({lease} < {expr.value('now', format_timestamp(now))} OR "
+                f"(attribute_not_exists({lease}) AND "
+                f"{expr.name('updated_at')} < {expr.value('cutoff', cutoff)}))"
+            )
+            update = (
+                f"SET {expr.name('status')} = {expr.value('expired', SessionStatus.EXPIRED.value)}, "
+                f"{expr.name('updated_at')} = {expr.value('stamp', format_timestamp(self._clock.now()))}"
+            )
+            try:
+                with self._translated("expire_stale"):
+                    response = await self._client.update_item(
+                        TableName=self._table,
+                        Key=self._key(stale.id),
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ReturnValues="ALL_NEW",
+                        **expr.params(),
+                    )
+            except ConditionFailed:
+                continue  # renewed, ended or removed meanwhile: not ours to expire
+            expired.append(self._parse("expire_stale", response.get("Attributes", {})))
+        return expired
 
     async def revoke(self, session_id: str, by: str, reason: str) -> ServerSession:
         """Conditional active -> revoked in one `UpdateItem`; `InvalidTransition` if already

@@ -70,10 +70,31 @@ def parse_timestamp(value: str) -> datetime:
 @dataclass(frozen=True, slots=True)
 class Retention:
     """How long records live: a session expires `idle_lifetime` after its last access, and the
-    store may delete it (DynamoDB TTL, SQLite purge) `retention` after that."""
+    store may delete it (DynamoDB TTL, SQLite purge) `retention` after that.
+
+    `lease` is how long a live server's record stays "live" without news from it (issue 10): its
+    touches push `lease_until` forward for free and an idle server renews it about once a minute,
+    so a record whose lease has lapsed belongs to a server that is gone (SIGKILL, power loss). A
+    few minutes, not seconds: every renewal is a billed write on DynamoDB."""
 
     idle_lifetime: timedelta = timedelta(hours=12)
     retention: timedelta = timedelta(days=30)
+    lease: timedelta = timedelta(minutes=3)
+
+    def __post_init__(self) -> None:
+        if self.lease <= timedelta(0):
+            raise ValueError("the lease must be positive")
+
+    def lease_until(self, now: datetime) -> datetime:
+        return now + self.lease
+
+    def is_stale(self, session: ServerSession, now: datetime) -> bool:
+        """An active session whose lease has lapsed by `now`. A record written before leases
+        existed (no `lease_until`) counts as stale once `updated_at + lease` has passed."""
+        if session.status is not SessionStatus.ACTIVE:
+            return False
+        until = session.lease_until or session.updated_at + self.lease
+        return until < now
 
     def expires_at(self, last_access_at: datetime) -> datetime:
         return last_access_at + self.idle_lifetime
@@ -105,6 +126,14 @@ class ServerSession:
     ttl: int
     revoked_by: str | None = None
     revoked_reason: str | None = None
+    # Issue 10: until when the serving process vouches for the record (None: written before leases).
+    lease_until: datetime | None = None
+    # Issue 12: the sequence number of the last touch batch applied; a replay (<=) does not apply.
+    flush_seq: int = 0
+    # Issue 13: the role this session's credentials come from, and the longest lifetime (seconds)
+    # any of them can have, so an admin knows how long a revoked session's credentials may live.
+    role_arn: str | None = None
+    credential_lifetime: int | None = None
 
     @classmethod
     def start(
@@ -117,6 +146,8 @@ class ServerSession:
         session_id: str | None = None,
         now: datetime | None = None,
         retention: Retention = DEFAULT_RETENTION,
+        role_arn: str | None = None,
+        credential_lifetime: int | None = None,
     ) -> ServerSession:
         """A fresh active session, as created at server startup."""
         now = now or utc_now()
@@ -134,6 +165,9 @@ class ServerSession:
             created_at=now,
             updated_at=now,
             ttl=retention.ttl(now),
+            lease_until=retention.lease_until(now),
+            role_arn=role_arn,
+            credential_lifetime=credential_lifetime,
         )
 
     def with_changes(self, **changes: object) -> ServerSession:
@@ -157,11 +191,18 @@ class ServerSession:
             "created_at": format_timestamp(self.created_at),
             "updated_at": format_timestamp(self.updated_at),
             "ttl": self.ttl,
+            "flush_seq": self.flush_seq,
         }
         if self.revoked_by is not None:
             record["revoked_by"] = self.revoked_by
         if self.revoked_reason is not None:
             record["revoked_reason"] = self.revoked_reason
+        if self.lease_until is not None:
+            record["lease_until"] = format_timestamp(self.lease_until)
+        if self.role_arn is not None:
+            record["role_arn"] = self.role_arn
+        if self.credential_lifetime is not None:
+            record["credential_lifetime"] = self.credential_lifetime
         return record
 
     @classmethod
@@ -177,6 +218,12 @@ class ServerSession:
         def optional(name: str) -> str | None:
             value = record.get(name)
             return None if value is None else str(value)
+
+        def optional_int(name: str) -> int | None:
+            value = record.get(name)
+            return None if value is None else int(value)  # type: ignore[call-overload]
+
+        lease_until = optional("lease_until")
 
         return cls(
             id=text("id"),
@@ -194,4 +241,9 @@ class ServerSession:
             ttl=int(record["ttl"]),  # type: ignore[call-overload]
             revoked_by=optional("revoked_by"),
             revoked_reason=optional("revoked_reason"),
+            # Records written before issue 10/12/13 lack these: no lease, no batch applied yet.
+            lease_until=None if lease_until is None else parse_timestamp(lease_until),
+            flush_seq=optional_int("flush_seq") or 0,
+            role_arn=optional("role_arn"),
+            credential_lifetime=optional_int("credential_lifetime"),
         )

@@ -38,6 +38,15 @@ class NullTracker:
     def revoked(self) -> bool:
         return False
 
+    stale = False
+
+    @property
+    def revoked_reason(self) -> str | None:
+        return None
+
+    def revocation_staleness(self) -> float:
+        return 0.0
+
     def touch_nowait(self, session_id: str | None = None) -> None:
         return None
 

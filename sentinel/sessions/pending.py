@@ -63,6 +63,12 @@ class PendingBuffer:
         self.events = 0
         return entries
 
+    def pop(self, session_id: str) -> Pending:
+        """Remove one session's entry (it must be present) and return it."""
+        entry = self._entries.pop(session_id)
+        self.events -= entry.count
+        return entry
+
     def discard(self, session_id: str) -> int:
         """Remove one session's entry; returns its count."""
         entry = self._entries.pop(session_id, None)

@@ -50,7 +50,17 @@ class RetryState:
     Logs one warning when the store starts failing, then at most one per `warn_every` seconds of
     `monotonic` while it keeps failing (not one per attempt), and one line when it answers again."""
 
-    __slots__ = ("_attempt", "_backoff", "_log", "_monotonic", "_store", "_warning", "degraded", "retry_at")
+    __slots__ = (
+        "_attempt",
+        "_backoff",
+        "_log",
+        "_monotonic",
+        "_warning",
+        "degraded",
+        "reason",
+        "retry_at",
+        "store",
+    )
 
     def __init__(
         self,
@@ -62,25 +72,27 @@ class RetryState:
         warn_every: float = 60.0,
     ) -> None:
         self._backoff = backoff
-        self._store = store
+        self.store = store  # the name in log lines; set again once an opener has opened the store
         self._log = logger
         self._monotonic = monotonic
         self._warning = Throttle(warn_every)
         self._attempt = 0
         self.degraded = False
+        self.reason: str | None = None  # the last failure's one-line detail while degraded
         self.retry_at = float("-inf")  # on the caller's scheduling clock
 
     def failed(self, now: float, detail: str, pending: int) -> None:
         """A call failed at `now` (scheduling clock); `pending` is what waits to be written."""
         self.retry_at = now + self._backoff.delay(self._attempt)
         self._attempt += 1
+        self.reason = detail
         if not self.degraded:
             self.degraded = True
             self._warning.reset()  # a state change is always worth one line
         if self._warning.allow(self._monotonic()):
             self._log.warning(
                 "session store %s failing (%s); tracking degraded, %d events pending, retrying",
-                self._store,
+                self.store,
                 detail,
                 pending,
             )
@@ -88,6 +100,7 @@ class RetryState:
     def succeeded(self) -> None:
         self._attempt = 0
         self.retry_at = float("-inf")
+        self.reason = None
         if self.degraded:
             self.degraded = False
-            self._log.info("session store %s reachable again", self._store)
+            self._log.info("session store %s reachable again", self.store)

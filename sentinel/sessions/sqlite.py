@@ -40,7 +40,7 @@ from sentinel.sessions.model import (
 )
 from sentinel.sessions.store import MAX_LIST_LIMIT, clamp_limit
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Recorded in `PRAGMA user_version`; a file with a newer version is refused, an older one migrated."""
 
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
@@ -51,7 +51,7 @@ PURGE_INTERVAL: Final = 300.0
 
 _T = TypeVar("_T")
 
-_COLUMNS: Final = (
+_COLUMNS_V1: Final = (
     "id",
     "user",
     "profile",
@@ -68,6 +68,7 @@ _COLUMNS: Final = (
     "revoked_by",
     "revoked_reason",
 )
+_COLUMNS: Final = (*_COLUMNS_V1, "lease_until", "flush_seq", "role_arn", "credential_lifetime")
 
 # Version 1. The (…, created_at, id) indexes serve the newest-first lists without a sort step; the
 # ttl index makes the purge a range delete.
@@ -97,6 +98,18 @@ _SCHEMA_V1: Final = (
     "CREATE INDEX IF NOT EXISTS sessions_by_ttl ON sessions (ttl)",
 )
 
+# Version 2 (issues 10, 12, 13): the lease, the last applied touch batch, the role and the longest
+# credential lifetime. Added columns only, so a version 1 file keeps every row as it was.
+_SCHEMA_V2: Final = (
+    "ALTER TABLE sessions ADD COLUMN lease_until TEXT",
+    "ALTER TABLE sessions ADD COLUMN flush_seq INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN role_arn TEXT",
+    "ALTER TABLE sessions ADD COLUMN credential_lifetime INTEGER",
+)
+
+# Statements that take a file from version N-1 to N, applied in order from the file's version.
+_MIGRATIONS: Final = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM sessions"  # noqa: S608 - constant column names
 _NEWEST_FIRST: Final = "ORDER BY created_at DESC, id DESC LIMIT ?"
 _INSERT: Final = (
@@ -107,10 +120,19 @@ _REPLACE: Final = (
     f"UPDATE sessions SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])}"  # noqa: S608
     " WHERE id = ?"
 )
-_TOUCH: Final = (
+# Issue 10: a touch counts in any status; only an active record gets its lifetime and lease moved.
+_TOUCH_ACTIVE: Final = (
     "UPDATE sessions SET request_count = request_count + ?, last_access_at = ?, expires_at = ?,"
-    " ttl = ?, updated_at = ? WHERE id = ? AND status = 'active'"
+    " ttl = ?, lease_until = ?, updated_at = ?, flush_seq = ? WHERE id = ?"
 )
+_TOUCH_ENDED: Final = (
+    "UPDATE sessions SET request_count = request_count + ?, last_access_at = ?, updated_at = ?,"
+    " flush_seq = ? WHERE id = ?"
+)
+_RENEW: Final = "UPDATE sessions SET lease_until = ?, updated_at = ? WHERE id = ? AND status = 'active'"
+# A record without a lease (written before version 2) is stale once updated_at + lease has passed.
+_STALE: Final = "status = 'active' AND (lease_until < ? OR (lease_until IS NULL AND updated_at < ?))"
+_EXPIRE_STALE: Final = f"UPDATE sessions SET status = 'expired', updated_at = ? WHERE id = ? AND {_STALE}"  # noqa: S608
 _REVOKE: Final = (
     "UPDATE sessions SET status = 'revoked', revoked_by = ?, revoked_reason = ?, updated_at = ?"
     " WHERE id = ? AND status = 'active'"
@@ -262,26 +284,95 @@ class SqliteSessionStore:
             MAX_LIST_LIMIT,
         )
 
-    async def touch(self, session_id: str, count: int, last_access_at: datetime) -> SessionStatus:
-        values = (
+    async def touch(
+        self,
+        session_id: str,
+        count: int,
+        last_access_at: datetime,
+        *,
+        seq: int | None = None,
+        known_status: SessionStatus = SessionStatus.ACTIVE,
+    ) -> SessionStatus:
+        now = self._clock.now()
+        accessed, stamp = format_timestamp(last_access_at), format_timestamp(now)
+        active = (
             count,
-            format_timestamp(last_access_at),
+            accessed,
             format_timestamp(self._retention.expires_at(last_access_at)),
             self._retention.ttl(last_access_at),
-            format_timestamp(self._clock.now()),
-            session_id,
+            format_timestamp(self._retention.lease_until(now)),
+            stamp,
         )
         cutoff = self._purge_cutoff()
 
         def work(conn: sqlite3.Connection) -> SessionStatus:
+            # One transaction under the write lock: the status and flush_seq read here are the
+            # ones the update is decided on (`known_status` is a DynamoDB request-count hint).
             with _immediate(conn):
                 self._purge(conn, cutoff)
-                if conn.execute(_TOUCH, values).rowcount == 1:
-                    return SessionStatus.ACTIVE
-                # Same transaction: the status read is the one that made the update not apply.
-                return self._existing_status(conn, "touch", session_id)
+                row = conn.execute(
+                    "SELECT status, flush_seq FROM sessions WHERE id = ?", (session_id,)
+                ).fetchone()
+                if row is None:
+                    raise SessionNotFound(self._name, "touch", session_id)
+                status, stored_seq = SessionStatus(row[0]), int(row[1])
+                if seq is not None and stored_seq >= seq:
+                    return status  # this batch was applied before; its answer was lost
+                new_seq = stored_seq if seq is None else seq
+                if status is SessionStatus.ACTIVE:
+                    conn.execute(_TOUCH_ACTIVE, (*active, new_seq, session_id))
+                else:
+                    conn.execute(_TOUCH_ENDED, (count, accessed, stamp, new_seq, session_id))
+                return status
 
         return await self._run("touch", work)
+
+    async def renew(self, session_id: str) -> SessionStatus:
+        now = self._clock.now()
+        values = (format_timestamp(self._retention.lease_until(now)), format_timestamp(now), session_id)
+
+        def work(conn: sqlite3.Connection) -> SessionStatus:
+            with _immediate(conn):
+                if conn.execute(_RENEW, values).rowcount == 1:
+                    return SessionStatus.ACTIVE
+                return self._existing_status(conn, "renew", session_id)
+
+        return await self._run("renew", work)
+
+    async def find_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        sql, params = self._stale_query(now, server_instance_id)
+
+        def work(conn: sqlite3.Connection) -> list[ServerSession]:
+            return [_decode(row) for row in conn.execute(sql, params)]
+
+        return await self._run("find_stale", work)
+
+    async def expire_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        sql, params = self._stale_query(now, server_instance_id)
+        cutoff = format_timestamp(now - self._retention.lease)
+        lapsed = format_timestamp(now)
+        stamp = format_timestamp(self._clock.now())
+
+        def work(conn: sqlite3.Connection) -> list[ServerSession]:
+            # Find and expire in one write transaction: no renewal can land in between, and the
+            # UPDATE repeats the staleness condition all the same (the rule lives in the SQL).
+            with _immediate(conn):
+                expired = []
+                for row in conn.execute(sql, params).fetchall():
+                    stale = _decode(row)
+                    if conn.execute(_EXPIRE_STALE, (stamp, stale.id, lapsed, cutoff)).rowcount == 1:
+                        expired.append(self._fetch(conn, "expire_stale", stale.id))
+                return expired
+
+        return await self._run("expire_stale", work)
+
+    def _stale_query(self, now: datetime, server_instance_id: str | None) -> tuple[str, tuple[str, ...]]:
+        params: tuple[str, ...] = (format_timestamp(now), format_timestamp(now - self._retention.lease))
+        where = f"WHERE {_STALE}"
+        if server_instance_id is not None:
+            where += " AND server_instance_id = ?"
+            params = (*params, server_instance_id)
+        return f"{_SELECT} {where} ORDER BY created_at DESC, id DESC", params
 
     async def revoke(self, session_id: str, by: str, reason: str) -> ServerSession:
         values = (by, reason, format_timestamp(self._clock.now()), session_id)
@@ -435,9 +526,13 @@ def _prepare(conn: sqlite3.Connection, cutoff: int) -> None:
         raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (still {mode})")
     conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of the process in WAL mode
     with _immediate(conn):
-        if _check_version(conn) < SCHEMA_VERSION:
-            for statement in _SCHEMA_V1:
+        version = _check_version(conn)
+        # Every step from the file's version up, in the same transaction: a failed migration
+        # leaves the file as it was.
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
                 conn.execute(statement)
+        if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(_PURGE, (cutoff,))
 

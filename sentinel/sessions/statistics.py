@@ -14,7 +14,8 @@ from sentinel.sessions.model import SessionStatus
 @dataclass(frozen=True, slots=True)
 class TrackerStatistics:
     """A snapshot of the tracker's counters. Event counts satisfy, at any moment,
-    `queued == flushed + discarded + pending + queue_depth` and `touches == queued + dropped`."""
+    `queued == flushed + discarded + pending + queue_depth` and `touches == queued + dropped`
+    (`pending` includes a batch in flight, issue 12)."""
 
     queued: int  # touch events accepted onto the queue
     dropped: int  # touch events refused: queue full, or after shutdown began
@@ -35,17 +36,22 @@ class TrackerStatistics:
     session_created: bool  # the record exists as far as this process knows
     stale_expired: int  # sessions of an earlier process with our instance id, ended at startup
     degraded: bool  # the store is failing; tracking retries in the background
+    degraded_reason: str | None = None  # one line: the last failure, while degraded
+    last_heard: float | None = None  # Clock.monotonic() when the store last answered (None: never)
+    stale: bool = False  # no answer for longer than the staleness limit (issue 10 item 7)
+    revoked_reason: str | None = None  # the 403 message while revoked: revoked, or record missing
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownSummary:
-    """How tracking ended. With a reachable store, `flushed + dropped + discarded + unflushed`
-    equals the number of `touch_nowait` calls (issue 4 item 5)."""
+    """How tracking ended. `flushed + dropped + discarded + unflushed` equals the number of
+    `touch_nowait` calls, always, a shutdown that timed out included (issue 12); with a reachable
+    store `unflushed` is 0."""
 
     flushed: int
     dropped: int
     discarded: int
-    unflushed: int  # counts a dead store never took: lost with the process
+    unflushed: int  # pending and in-flight counts a dead store never confirmed: lost with the process
     expired: bool  # the record ends with status expired
     timed_out: bool  # some step ran out of its deadline
 

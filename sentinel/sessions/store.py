@@ -60,12 +60,41 @@ class SessionStore(Protocol):
         """Active sessions of one server instance (normally at most one)."""
         ...
 
-    async def touch(self, session_id: str, count: int, last_access_at: datetime) -> SessionStatus:
-        """One atomic update: add `count` to request_count, set last_access_at and updated_at,
-        push expires_at/ttl forward; applied only while the session is active.
+    async def touch(
+        self,
+        session_id: str,
+        count: int,
+        last_access_at: datetime,
+        *,
+        seq: int | None = None,
+        known_status: SessionStatus = SessionStatus.ACTIVE,
+    ) -> SessionStatus:
+        """One atomic update that counts `count` requests in ANY status (issue 10: every served
+        credential is on the record): add to request_count, set last_access_at and updated_at.
+        Only an active record also gets expires_at/ttl pushed forward and its lease renewed.
 
-        Returns the status: ACTIVE when applied, the terminal status when not (no change made).
-        `SessionNotFound` if the record is absent."""
+        `seq` makes the batch idempotent (issue 12): it is stored as `flush_seq`, and a batch whose
+        `seq` is not above the stored one has already been applied and changes nothing. Without
+        `seq` the touch always applies (at-least-once).
+
+        `known_status` is the caller's belief; a store may use it to pick the request form
+        (DynamoDB sends one conditional `UpdateItem` for the believed status, a second only when
+        the belief was wrong). Returns the record's status. `SessionNotFound` if absent."""
+        ...
+
+    async def renew(self, session_id: str) -> SessionStatus:
+        """Renew the lease of an active session (`lease_until` = now + lease); a terminal record
+        is left unchanged. Returns the status. `SessionNotFound` if absent."""
+        ...
+
+    async def find_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        """Active sessions (of one server instance, or all) whose lease lapsed before `now`
+        (`Retention.is_stale`), newest first. No limit: a sweep must see them all."""
+        ...
+
+    async def expire_stale(self, now: datetime, server_instance_id: str | None = None) -> list[ServerSession]:
+        """Expire every session `find_stale` names, each conditional on its lease still having
+        lapsed at write time (a renewal racing the sweep wins). Returns the expired records."""
         ...
 
     async def revoke(self, session_id: str, by: str, reason: str) -> ServerSession:

@@ -4,7 +4,12 @@ The hot path calls `touch_nowait()` after each successful issuance and reads `re
 touches the store. A worker (`run()`, started in the assembly's task group) drains the bounded queue
 into a per-session pending buffer and writes it out with at most one flush in flight, in its own
 task, so a slow or dead store never stops the draining. Store calls for this server's own session
-go through `SessionRecorder`, which creates, recreates and ends the record.
+go through `SessionRecorder`, which creates, renews and ends the record.
+
+Exactly once (issue 12): our session's events leave the pending buffer as numbered batches. A batch
+is sent again AS IS (same number, same count) until the store has it, or says it had it already;
+events that arrive meanwhile wait for the next batch, so a write whose answer was lost is never
+merged into another one and counted twice.
 
 `Tracker` is the seam the pipeline and the assembly use; `NullTracker` (`null_tracker.py`) is its
 no-op, and the values it reports live in `statistics.py`.
@@ -16,6 +21,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -28,11 +34,18 @@ from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
 from sentinel.sessions.errors import SessionNotFound, SessionStoreError
 from sentinel.sessions.model import DEFAULT_RETENTION, Retention, ServerSession, SessionStatus
-from sentinel.sessions.pending import Pending, PendingBuffer
+from sentinel.sessions.pending import PendingBuffer
 from sentinel.sessions.recorder import SessionRecorder
 from sentinel.sessions.retry import Backoff, RetryState
 from sentinel.sessions.statistics import ShutdownSummary, TrackerStatistics, export_metrics
 from sentinel.sessions.store import SessionStore
+
+StoreOpener = Callable[[], Awaitable[SessionStore]]
+"""Opens the session store; the tracker calls it until it succeeds (issue 10) and owns the result."""
+
+# Issue 10: an idle server renews its lease once a minute; a lease is 3 minutes (Retention.lease),
+# so two renewals may fail before the record looks stale. Busy servers' touches renew it for free.
+LEASE_RENEWAL = 60.0
 
 # Issue 4: the drop warning at most once per 10 s; store trouble once per state change or minute.
 DROP_WARNING_INTERVAL = 10.0
@@ -50,6 +63,15 @@ class Tracker(Protocol):
     @property
     def revoked(self) -> bool: ...
 
+    @property
+    def revoked_reason(self) -> str | None: ...
+
+    # True while the store has not answered for longer than the staleness limit (a plain
+    # attribute: the hot path reads it with no clock call).
+    stale: bool
+
+    def revocation_staleness(self) -> float: ...
+
     def touch_nowait(self, session_id: str | None = None) -> None: ...
 
     async def start_session(self) -> bool: ...
@@ -61,12 +83,23 @@ class Tracker(Protocol):
     def statistics(self) -> TrackerStatistics: ...
 
 
+class _Batch:
+    """Our session's events in flight: numbered once, then sent as they are until they land."""
+
+    __slots__ = ("count", "last", "seq")
+
+    def __init__(self, seq: int, count: int, last: float) -> None:
+        self.seq = seq
+        self.count = count
+        self.last = last
+
+
 class SessionTracker:
     """Counts this server's issuances into its session record and watches for revocation."""
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionStore | StoreOpener,
         template: ServerSession,
         *,
         clock: Clock = SYSTEM_CLOCK,
@@ -78,17 +111,44 @@ class SessionTracker:
         revocation_poll: float = 2.0,
         backoff: Backoff = Backoff(),  # noqa: B008 - a frozen value, safe to share
         retention: Retention = DEFAULT_RETENTION,
+        lease_renewal: float = LEASE_RENEWAL,
+        staleness_limit: float | None = None,
     ) -> None:
+        """`store` is an open store (the caller closes it) or an opener: then the worker opens
+        the store in the background, retrying with `backoff` while it fails (a locked or corrupt
+        SQLite file, an unreachable endpoint), and closes it at shutdown (issue 10).
+
+        `staleness_limit`: seconds without an answer from the store after which `stale` turns
+        True (for an optional fail-closed gate); None never sets it."""
         if queue_size < 1 or flush_interval <= 0 or revocation_poll <= 0 or (flush_threshold or 1) < 1:
             raise ValueError("queue size, flush threshold and intervals must be positive")
-        self._store = store
+        if not 0 < lease_renewal < retention.lease.total_seconds():
+            raise ValueError("the lease renewal interval must be positive and shorter than the lease")
+        if staleness_limit is not None and staleness_limit <= 0:
+            raise ValueError("the staleness limit must be positive")
+        opened: SessionStore | None = None if callable(store) and not hasattr(store, "touch") else store  # type: ignore[assignment]
+        self._opener: StoreOpener | None = None if opened is not None else store  # type: ignore[assignment]
+        self._store = opened
         self._clock = clock
         # touch_nowait runs once per request: bind what it calls once, and skip the SystemClock
         # indirection (one Python call less per request).
         self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
         self._log = logger or logging.getLogger(__name__)
-        self._recorder = SessionRecorder(store, template, clock=clock, logger=self._log, retention=retention)
+        self._recorder = SessionRecorder(opened, template, clock=clock, logger=self._log, retention=retention)
         self._own_id = template.id
+        self._batch: _Batch | None = None  # our events in flight (issue 12)
+        self._next_seq = 1
+        self._lease_renewal = lease_renewal
+        self._staleness_limit = staleness_limit
+        # Issue 10 item 7: when the store last answered. `_heard_at` is a `Clock.monotonic()`
+        # reading (None: never) for reports; `_heard_anyio` drives the staleness watch.
+        self._heard_at: float | None = None
+        self._heard_anyio = -math.inf  # set when the worker starts: staleness counts from there
+        self._answers = 0  # store answers so far (what the waiters on `_heard` watch)
+        self._started_at = self._monotonic()
+        self._heard = Broadcast()
+        # The hot path reads this plain attribute: set by the staleness watch, cleared on contact.
+        self.stale = False
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=queue_size)
         self._put = self._queue.put_nowait
         self._flush_interval = flush_interval
@@ -110,10 +170,10 @@ class SessionTracker:
         # On the anyio clock (the worker's own schedule): when the last flush, and the last store
         # call of any kind (answered or failed), ended. A failing store is polled no more often
         # than a healthy one.
-        self._last_flush_end = self._last_contact = -math.inf
+        self._last_flush_end = self._last_contact = self._lease_at = -math.inf
         self._retry = RetryState(
             backoff,
-            store=store.name,
+            store=opened.name if opened is not None else "session store (not open yet)",
             logger=self._log,
             monotonic=self._monotonic,
             warn_every=FAILURE_WARNING_INTERVAL,
@@ -138,6 +198,18 @@ class SessionTracker:
         """True once the store has reported this session revoked, or expired by someone else;
         never goes back. The session gate answers 403 while it is set (DESIGN.md §3 step 3)."""
         return self._revoked
+
+    @property
+    def revoked_reason(self) -> str | None:
+        """Why `revoked` is set: `REVOKED_REASON` (revoked or expired by someone else) or
+        `MISSING_REASON` (the record disappeared, issue 10); None while serving."""
+        return self._recorder.reason if self._revoked else None
+
+    def revocation_staleness(self) -> float:
+        """Seconds since the store last answered (since the tracker was made, if it never has):
+        how old this server's knowledge of a revocation may be (issue 10 item 7)."""
+        since = self._started_at if self._heard_at is None else self._heard_at
+        return max(self._monotonic() - since, 0.0)
 
     def touch_nowait(self, session_id: str | None = None) -> None:
         """Record one successful issuance (for our own session unless `session_id` is given).
@@ -184,10 +256,14 @@ class SessionTracker:
         if self._worker_started:
             raise RuntimeError("SessionTracker.run() may only be started once")
         self._worker_started = True
+        if self._heard_at is None:
+            self._heard_anyio = anyio.current_time()
         try:
             with anyio.CancelScope() as self._worker_scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._drain_forever)
+                    if self._staleness_limit is not None:
+                        tg.start_soon(self._watch_staleness, self._staleness_limit)
                     task_status.started()
                     await self._schedule()
                     tg.cancel_scope.cancel()  # shutdown() drains what is left itself
@@ -231,12 +307,16 @@ class SessionTracker:
             except SessionStoreError as exc:
                 self._log.warning("could not mark session %s expired: %s", self._own_id, exc)
             self._sync_revoked()
+            if self._opener is not None and self._store is not None:
+                await self._store.aclose()  # we opened it
         timed_out |= scope.cancelled_caught
         self._summary = ShutdownSummary(
             flushed=self._flushed,
             dropped=self._dropped,
             discarded=self._discarded,
-            unflushed=self._pending.events,
+            # Issue 12: a batch still in flight (sent, answer unknown) is unflushed, not lost
+            # from the sum: flushed + dropped + discarded + unflushed == touches, always.
+            unflushed=self._pending.events + self._batch_events(),
             expired=expired,
             timed_out=timed_out,
         )
@@ -257,7 +337,7 @@ class SessionTracker:
             flush_failures=self._flush_failures,
             polls=self._polls,
             poll_failures=self._poll_failures,
-            pending=self._pending.events + self._in_flight_events,
+            pending=self._pending.events + self._in_flight_events + self._batch_events(),
             queue_depth=self._queue.qsize(),
             flush_in_flight=self._flushing,
             last_flush_at=self._last_flush_at,
@@ -267,6 +347,10 @@ class SessionTracker:
             session_created=self._recorder.created,
             stale_expired=self._recorder.stale_expired,
             degraded=self._retry.degraded,
+            degraded_reason=self._retry.reason,
+            last_heard=self._heard_at,
+            stale=self.stale,
+            revoked_reason=self.revoked_reason,
         )
 
     def flush_nowait(self) -> None:
@@ -295,8 +379,16 @@ class SessionTracker:
         await self._changed.wait_until(lambda: self._revoked)
 
     async def wait_session_created(self) -> None:
-        """Wait until the session record has been created (again, after a loss)."""
+        """Wait until the session record has been created."""
         await self._changed.wait_until(lambda: self._recorder.created)
+
+    async def wait_stale(self) -> None:
+        """Wait until `stale` is True (only ever with a staleness limit)."""
+        await self._changed.wait_until(lambda: self.stale)
+
+    async def wait_heard(self) -> None:
+        """Wait until the store next answers."""
+        await self._heard.wait_until(self._answered_since(self._answers))
 
     # -- worker --------------------------------------------------------------------------------
 
@@ -322,8 +414,8 @@ class SessionTracker:
             else:
                 self._pending.add(session_id, at)
             event = get() if queue.qsize() else None
-        if count and self._recorder.ended is not None:
-            self._discarded += count  # the store refuses touches for an ended session
+        if count and self._recorder.missing:
+            self._discarded += count  # no record to count them on (issue 10)
         elif count:
             self._pending.add(own, last, count)
         if (was_idle and self._pending) or self._pending.events >= self._flush_threshold:
@@ -346,7 +438,8 @@ class SessionTracker:
                     await self._poll()
 
     def _needs_write(self) -> bool:
-        return bool(self._pending) or (not self._recorder.created and self._recorder.ended is None)
+        recorder = self._recorder
+        return bool(self._pending) or self._batch is not None or not (recorder.created or recorder.missing)
 
     def _due_at(self) -> float:
         """When the worker should next call the store (anyio clock), or infinity."""
@@ -355,38 +448,51 @@ class SessionTracker:
                 self._flush_requested
                 or self._pending.events >= self._flush_threshold
                 or not self._recorder.created
+                or self._batch is not None  # a retry: only the backoff holds it
             )
             due = -math.inf if urgent else self._last_flush_end + self._flush_interval
-        elif self._recorder.ended is None:
+        elif self._recorder.ended is None and not self._recorder.missing:
             # Idle: nothing to flush, so no flush result brings news of a revocation. Poll once
-            # the store has not been asked for a whole revocation_poll (issue 4 item 2).
-            due = self._last_contact + self._revocation_poll
+            # the store has not been asked for a whole revocation_poll (issue 4 item 2), and renew
+            # the lease (a write) once per lease_renewal instead of one of those reads (issue 10).
+            due = min(self._last_contact + self._revocation_poll, self._lease_at + self._lease_renewal)
         else:
             return math.inf  # ended for good: nothing left to learn or write
         return max(due, self._retry.retry_at)
 
     async def _flush_round(self) -> None:
-        """One flush: every pending session gets one store write. On failure the unwritten
-        counts go back into the buffer (merged with what arrived meanwhile) and the next try
-        waits out a jittered backoff; nothing is lost while the process lives."""
+        """One flush: our batch and every other pending session get one store write each. Our
+        batch stays as it is until it lands (issue 12); other sessions' unwritten counts go back
+        into the buffer. A failure waits out a jittered backoff; nothing is lost while the process
+        lives."""
         self._flush_requested = False
+        waiting = None  # our newer events while a batch is still unconfirmed: the next batch
+        if self._own_id in self._pending:
+            entry = self._pending.pop(self._own_id)
+            if self._batch is None:
+                self._batch = _Batch(self._next_seq, entry.count, entry.last)
+                self._next_seq += 1
+            else:
+                waiting = entry
         self._in_flight_events = self._pending.events
-        batch = self._pending.take()
+        others = self._pending.take()
+        if waiting is not None:
+            self._pending.merge(self._own_id, waiting.count, waiting.last)
         self._flushing = True
         started = self._monotonic()
         failure: str | None = None
         try:
-            if self._own_id not in batch:
-                await self._write(self._own_id, None)  # no-op unless the record must be created
-            for session_id, entry in list(batch.items()):
-                await self._write(session_id, entry)  # on return the entry is accounted for
-                del batch[session_id]
+            await self._open_store()
+            await self._write_own()
+            for session_id, entry in list(others.items()):
+                await self._write_other(session_id, entry.count, entry.last)
+                del others[session_id]
                 self._in_flight_events -= entry.count
         except SessionStoreError as exc:
             failure = str(exc)
         finally:
-            for session_id, entry in batch.items():
-                self._merge_back(session_id, entry.count, entry.last)
+            for session_id, entry in others.items():
+                self._pending.merge(session_id, entry.count, entry.last)
             self._in_flight_events = 0
             self._flushing = False
             self._last_flush_end = self._last_contact = anyio.current_time()
@@ -396,70 +502,113 @@ class SessionTracker:
             self._flush_failures += 1
             self._store_failed(failure)
         else:
-            self._retry.succeeded()
+            self._store_answered()
             self._last_flush_at = self._clock.now()
             self._last_flush_latency = self._monotonic() - started
 
-    async def _write(self, session_id: str, entry: Pending | None) -> None:
-        count, last = (0, None) if entry is None else (entry.count, entry.last)
-        if session_id != self._own_id:
-            await self._write_other(session_id, count, last)
+    async def _write_own(self) -> None:
+        batch = self._batch
+        if batch is None:
+            if not self._recorder.created:
+                self._note_status(await self._recorder.write(0, None, None))
             return
-        if entry is None and self._recorder.created:
-            return
-        applied = await self._recorder.write(count, None if last is None else self._wall(last))
-        self._flushed += applied
-        if applied < count and last is not None:
-            self._merge_back(session_id, count - applied, last)  # discarded if the session ended
-
-    async def _write_other(self, session_id: str, count: int, last: float | None) -> None:
-        # Sessions other than our own: touched, never created or recreated (no template for them).
-        if last is None:
-            return
-        try:
-            status = await self._store.touch(session_id, count, self._wall(last))
-        except SessionNotFound:
-            status = None
-        if status is SessionStatus.ACTIVE:
-            self._flushed += count
+        status = await self._recorder.write(batch.count, self._wall(batch.last), batch.seq)
+        self._batch = None
+        if status is None:
+            self._discarded += batch.count  # the record is gone: nowhere to count them
         else:
+            self._flushed += batch.count
+        self._note_status(status)
+
+    def _note_status(self, status: SessionStatus | None) -> None:
+        if status is SessionStatus.ACTIVE:
+            self._lease_at = anyio.current_time()  # an active touch or create renewed the lease
+
+    async def _open_store(self) -> None:
+        if self._store is not None:
+            return
+        assert self._opener is not None  # one of the two is always set  # noqa: S101
+        self._store = store = await self._opener()
+        self._recorder.store = store
+        self._retry.store = store.name
+        self._log.info("session store %s open", store.name)
+
+    async def _write_other(self, session_id: str, count: int, last: float) -> None:
+        # Sessions other than our own: touched, never created (no template for them), and without
+        # a sequence number: other processes may touch them too, so ours would not be theirs.
+        assert self._store is not None  # noqa: S101 - opened at the start of the round
+        try:
+            await self._store.touch(session_id, count, self._wall(last))
+        except SessionNotFound:
             self._discarded += count
-            shown = "missing" if status is None else status.value
-            self._log.warning("session %s is %s; %d touches discarded", session_id, shown, count)
+            self._log.warning("session %s is missing; %d touches discarded", session_id, count)
+            return
+        self._flushed += count
 
     async def _poll(self) -> None:
         self._polls += 1
+        renew = anyio.current_time() >= self._lease_at + self._lease_renewal
         try:
-            await self._recorder.poll()
+            await self._open_store()
+            if renew:
+                await self._recorder.renew()
+            else:
+                await self._recorder.poll()
         except SessionStoreError as exc:
             self._poll_failures += 1
             self._store_failed(str(exc))
             return
         finally:
             self._last_contact = anyio.current_time()
-        self._retry.succeeded()
+        if renew:
+            self._lease_at = self._last_contact
+        self._store_answered()
         self._sync_revoked()
         self._changed.notify()
 
+    async def _watch_staleness(self, limit: float) -> None:
+        """Set `stale` once the store has not answered for `limit` seconds; contact clears it."""
+        while True:
+            answers = self._answers
+            with anyio.move_on_after(self._heard_anyio + limit - anyio.current_time()):
+                await self._heard.wait_until(self._answered_since(answers))
+                continue  # heard in time: the deadline moves on
+            self.stale = True
+            self._changed.notify()
+            self._log.warning(
+                "no answer from the session store for %.0f s: revocation status is stale", limit
+            )
+            await self._heard.wait_until(self._answered_since(answers))
+
+    def _answered_since(self, answers: int) -> Callable[[], bool]:
+        return lambda: self._answers != answers
+
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _merge_back(self, session_id: str, count: int, last: float) -> None:
-        if count <= 0:
-            return
-        if session_id == self._own_id and self._recorder.ended is not None:
-            self._discarded += count
-            return
-        self._pending.merge(session_id, count, last)
+    def _batch_events(self) -> int:
+        return 0 if self._batch is None else self._batch.count
 
     def _sync_revoked(self) -> None:
-        # An externally expired session stops serving too: the store refuses its touches, so
-        # serving on would hand out credentials no record accounts for (issue 4, our choice).
-        if self._recorder.ended is not None and not self._revoked:
+        # An externally expired session stops serving too (issue 4, our choice), and so does one
+        # whose record disappeared (issue 10). A revoked record still takes the counts of what was
+        # served before the revocation was seen; a missing one cannot, so they are discarded.
+        recorder = self._recorder
+        if (recorder.ended is not None or recorder.missing) and not self._revoked:
             self._revoked = True
-            self._discarded += self._pending.discard(self._own_id)
+        if recorder.missing:
+            self._discarded += self._pending.discard(self._own_id) + self._batch_events()
+            self._batch = None
+
+    def _store_answered(self) -> None:
+        self._retry.succeeded()
+        self._heard_at = self._monotonic()
+        self._heard_anyio = anyio.current_time()
+        self._answers += 1
+        self.stale = False
+        self._heard.notify()
 
     def _store_failed(self, detail: str) -> None:
-        self._retry.failed(anyio.current_time(), detail, self._pending.events)
+        self._retry.failed(anyio.current_time(), detail, self._pending.events + self._batch_events())
 
     def _wall(self, monotonic: float) -> datetime:
         # Events carry a cheap monotonic reading; the wall time is only worked out at flush.

@@ -312,9 +312,15 @@ async def test_full_scenario_is_valid_for_real_dynamodb(
     revoked = await store.revoke(first.id, "bob", "left the team")
     assert (revoked.status, revoked.revoked_by, revoked.request_count) == (SessionStatus.REVOKED, "bob", 5)
     del lint.checked[:]
-    assert await store.touch(first.id, 1, T0 + timedelta(minutes=2)) is SessionStatus.REVOKED
-    assert lint.checked == ["UpdateItem"]  # the terminal status came back with the failed condition
-    assert (await store.get(first.id)).request_count == 5
+    assert await store.touch(first.id, 1, T0 + timedelta(minutes=2), seq=1) is SessionStatus.REVOKED
+    # The terminal status came back with the failed condition; the terminal form then counted it.
+    assert lint.checked == ["UpdateItem", "UpdateItem"]
+    del lint.checked[:]
+    later = T0 + timedelta(minutes=2)
+    status = await store.touch(first.id, 1, later, seq=2, known_status=SessionStatus.REVOKED)
+    assert status is SessionStatus.REVOKED
+    assert lint.checked == ["UpdateItem"]  # issue 10: one request once the status is known
+    assert (await store.get(first.id)).request_count == 7  # every served credential is on the record
     assert await store.find_active_by_server_instance("i-1") == []
 
     assert (await store.expire(second.id)).status is SessionStatus.EXPIRED
@@ -383,3 +389,44 @@ async def test_a_closed_store_raises_store_unavailable(table: str, lint: DynamoD
     await store.aclose()
     with pytest.raises(StoreUnavailable, match="get: the store is closed"):
         await store.get("0123456789abcdef")
+
+
+async def test_the_tracker_sends_one_update_item_per_flush(
+    store: DynamoDBSessionStore, lint: DynamoDBLint
+) -> None:
+    """Issues 10 and 12, what a fleet pays for. 1. Start: one Query (the stale sweep) and one
+    PutItem. 2. Each flush of an active session: one UpdateItem. 3. Revoked meanwhile: the next
+    flush sends two (the active form fails, its ALL_OLD says revoked, the revoked form counts
+    them); every flush after it one again. 4. The record holds all 12 issuances."""
+    from sentinel.sessions.retry import Backoff
+    from sentinel.sessions.tracker import SessionTracker
+
+    template = new_session(1)
+    tracker = SessionTracker(
+        store,
+        template,
+        flush_interval=0.01,
+        revocation_poll=3600,
+        backoff=Backoff(initial=0.01, maximum=0.05),
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(tracker.run)
+        assert await tracker.start_session()
+        assert lint.checked[-2:] == ["Query", "PutItem"]
+        per_flush = []
+        for step in range(4):
+            if step == 2:
+                await store.revoke(template.id, "admin", "incident")
+            del lint.checked[:]
+            for _ in range(3):
+                tracker.touch_nowait()
+            with anyio.fail_after(10):
+                await tracker.flush()
+            per_flush.append(list(lint.checked))
+        with anyio.fail_after(10):
+            summary = await tracker.shutdown(5.0)
+        tg.cancel_scope.cancel()
+    assert per_flush == [["UpdateItem"], ["UpdateItem"], ["UpdateItem", "UpdateItem"], ["UpdateItem"]]
+    record = await store.get(template.id)
+    assert (record.status, record.request_count, record.flush_seq) == (SessionStatus.REVOKED, 12, 4)
+    assert summary.flushed == 12

@@ -188,7 +188,13 @@ def test_revoked_records_round_trip_with_who_and_why() -> None:
 
 
 def test_records_hold_only_strings_and_integers() -> None:
-    record = sample(status=EXPIRED, revoked_by="x", revoked_reason="y").to_record()
+    record = sample(
+        status=EXPIRED,
+        revoked_by="x",
+        revoked_reason="y",
+        role_arn="arn:aws:iam::123456789012:role/dev",
+        credential_lifetime=3600,
+    ).to_record()
     assert set(record) == set(ServerSession.__dataclass_fields__)
     assert {type(v) for v in record.values()} <= {str, int}
 
@@ -223,3 +229,28 @@ def test_from_record_rejects_a_missing_field() -> None:
     del record["profile"]
     with pytest.raises(KeyError):
         ServerSession.from_record(record)
+
+
+# --- lease (issue 10) -------------------------------------------------------------------------------
+
+
+def test_a_session_is_stale_only_once_its_lease_has_lapsed_and_only_while_active() -> None:
+    """1. A fresh session's lease runs 3 minutes: live until then, stale after. 2. A record from
+    before leases (no lease_until) goes stale 3 minutes after its updated_at. 3. A terminal
+    session is never stale. 4. Lease and sequence fields round-trip; an old record reads as no
+    lease and no batch applied."""
+    retention = Retention()
+    session = sample()
+    assert session.lease_until == START + timedelta(minutes=3)
+    assert not retention.is_stale(session, START + timedelta(minutes=3))
+    assert retention.is_stale(session, START + timedelta(minutes=3, microseconds=1))
+    unleased = session.with_changes(lease_until=None, updated_at=START + timedelta(minutes=1))
+    assert not retention.is_stale(unleased, START + timedelta(minutes=4))
+    assert retention.is_stale(unleased, START + timedelta(minutes=4, seconds=1))
+    assert not retention.is_stale(session.with_changes(status=REVOKED), START + timedelta(days=1))
+    numbered = session.with_changes(flush_seq=7, role_arn="arn:aws:iam::1:role/r", credential_lifetime=900)
+    assert ServerSession.from_record(dict(numbered.to_record())) == numbered
+    old = {k: v for k, v in session.to_record().items() if k not in {"lease_until", "flush_seq"}}
+    assert ServerSession.from_record(dict(old)) == session.with_changes(lease_until=None, flush_seq=0)
+    with pytest.raises(ValueError, match="lease"):
+        Retention(lease=timedelta(0))

@@ -18,7 +18,13 @@ import pytest
 
 from sentinel.sessions.errors import SessionNotFound, StoreUnavailable
 from sentinel.sessions.model import Retention, SessionStatus
-from sentinel.sessions.sqlite import PURGE_INTERVAL, SCHEMA_VERSION, SqliteSessionStore
+from sentinel.sessions.sqlite import (
+    _COLUMNS_V1,
+    _SCHEMA_V1,
+    PURGE_INTERVAL,
+    SCHEMA_VERSION,
+    SqliteSessionStore,
+)
 from tests.sessions.conftest import FakeClock, make_session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +158,7 @@ async def test_the_file_is_in_wal_mode_with_the_schema_version_recorded(tmp_path
         pass
     with raw(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 @pytest.mark.parametrize(
@@ -187,20 +193,20 @@ async def test_reopening_keeps_the_data(tmp_path: Path, clock: FakeClock) -> Non
 
 
 async def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    """1. a file written by a newer Sentinel (user_version 2). 2. open raises StoreUnavailable
+    """1. a file written by a newer Sentinel (user_version 3). 2. open raises StoreUnavailable
     naming the file and both versions. 3. the file is left as it was."""
     path = tmp_path / "sessions.db"
     async with await SqliteSessionStore.open(path):
         pass
     with raw(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 3")
     with pytest.raises(StoreUnavailable) as caught:
         await SqliteSessionStore.open(path)
     assert_one_line_unavailable(caught.value, path, "open")
-    assert "schema version 2" in str(caught.value)
+    assert "schema version 3" in str(caught.value)
     assert f"({SCHEMA_VERSION})" in str(caught.value)
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 async def test_a_corrupt_file_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -336,3 +342,31 @@ async def test_normal_writes_purge_at_most_every_interval(tmp_path: Path, clock:
         with pytest.raises(SessionNotFound):
             await store.get(stale.id)
         assert len(await store.list_by_user(stale.user)) == 2
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path, clock: FakeClock) -> None:
+    """1. a file as the version 1 schema wrote it, with one session row. 2. open migrates it to
+    version 2 in place. 3. the row reads back unchanged, with no lease, no batch applied and no
+    role. 4. the migrated row takes touches with a sequence number and is swept by its age."""
+    path = tmp_path / "sessions.db"
+    session = make_session(clock)
+    record = session.to_record()
+    v1_columns = _COLUMNS_V1
+    with raw(path) as conn:
+        for statement in _SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            f"INSERT INTO sessions ({', '.join(v1_columns)}) VALUES ({', '.join('?' * len(v1_columns))})",  # noqa: S608
+            tuple(record.get(column) for column in v1_columns),
+        )
+    async with await SqliteSessionStore.open(path, clock=clock) as store:
+        assert await store.get(session.id) == session.with_changes(lease_until=None)
+        clock.advance(60)
+        assert await store.touch(session.id, 2, clock.now(), seq=1) is SessionStatus.ACTIVE
+        assert await store.touch(session.id, 2, clock.now(), seq=1) is SessionStatus.ACTIVE
+        touched = await store.get(session.id)
+        assert (touched.request_count, touched.flush_seq) == (2, 1)
+        assert touched.lease_until is not None
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -335,24 +335,119 @@ async def test_touch_adds_counts_and_moves_the_access_times(store: SessionStore,
         expires_at=DEFAULT_RETENTION.expires_at(accessed),
         ttl=DEFAULT_RETENTION.ttl(accessed),
         updated_at=now,
+        lease_until=DEFAULT_RETENTION.lease_until(now),  # issue 10: a touch renews the lease
     )
     assert got.expires_at > session.expires_at
     assert got.ttl > session.ttl
 
 
 @pytest.mark.parametrize("terminal", [REVOKED, EXPIRED])
-async def test_touch_of_a_terminal_session_changes_nothing(
+async def test_touch_of_a_terminal_session_counts_but_keeps_its_lifetime(
     store: SessionStore, clock: FakeClock, terminal: SessionStatus
 ) -> None:
-    """1. a session is revoked (or expired). 2. touch returns that status. 3. the record is as the
-    revoke left it: no count, no access time, no ttl moved."""
+    """Issue 10 (this replaces "touch of a terminal session changes nothing"): every served
+    credential is on the record. 1. a session is revoked (or expired). 2. touch returns that status,
+    whether or not the caller knew it. 3. both touches are counted and last_access_at moves; the
+    status, expires_at, ttl and lease stay as the revoke left them."""
     session = make_session(clock)
     await store.create(session)
     await store.touch(session.id, 2, clock.now())
     ended = await (store.revoke(session.id, "ops", "r") if terminal is REVOKED else store.expire(session.id))
-    clock.advance(60)
-    assert await store.touch(session.id, 5, clock.now()) is terminal
-    assert await store.get(session.id) == ended
+    now = clock.advance(60)
+    assert await store.touch(session.id, 5, now) is terminal
+    assert await store.touch(session.id, 1, now, known_status=terminal) is terminal
+    got = await store.get(session.id)
+    assert got == ended.with_changes(request_count=8, last_access_at=now, updated_at=now)
+
+
+async def test_a_replayed_batch_is_not_applied_twice(store: SessionStore, clock: FakeClock) -> None:
+    """Issue 12: a batch carries a sequence number, stored as flush_seq. 1. batch 1 (3 requests)
+    is sent twice, as after a lost answer. 2. batch 2 (4) lands. 3. batch 1 again, and batch 2
+    again after a revocation. 4. the record holds 7 and flush_seq 2; every replay returned the
+    status as if applied."""
+    session = make_session(clock)
+    await store.create(session)
+    assert await store.touch(session.id, 3, clock.now(), seq=1) is ACTIVE
+    assert await store.touch(session.id, 3, clock.now(), seq=1) is ACTIVE
+    assert await store.touch(session.id, 4, clock.now(), seq=2) is ACTIVE
+    assert await store.touch(session.id, 3, clock.now(), seq=1) is ACTIVE
+    await store.revoke(session.id, "ops", "r")
+    assert await store.touch(session.id, 4, clock.now(), seq=2) is REVOKED
+    assert await store.touch(session.id, 4, clock.now(), seq=2, known_status=REVOKED) is REVOKED
+    got = await store.get(session.id)
+    assert (got.request_count, got.flush_seq) == (7, 2)
+    assert await store.touch(session.id, 1, clock.now(), seq=3) is REVOKED
+    assert (await store.get(session.id)).request_count == 8
+
+
+async def test_renew_moves_the_lease_of_an_active_session_only(store: SessionStore, clock: FakeClock) -> None:
+    """1. create: the lease runs `lease` from the start. 2. later, renew: it runs from now and
+    nothing else but updated_at changes. 3. after a revoke, renew says REVOKED and changes nothing.
+    4. an absent session raises SessionNotFound."""
+    session = make_session(clock)
+    await store.create(session)
+    assert session.lease_until == clock.now() + DEFAULT_RETENTION.lease
+    now = clock.advance(90)
+    assert await store.renew(session.id) is ACTIVE
+    renewed = await store.get(session.id)
+    assert renewed == session.with_changes(lease_until=now + DEFAULT_RETENTION.lease, updated_at=now)
+    revoked = await store.revoke(session.id, "ops", "r")
+    clock.advance(90)
+    assert await store.renew(session.id) is REVOKED
+    assert await store.get(session.id) == revoked
+    with pytest.raises(SessionNotFound):
+        await store.renew(new_session_id())
+
+
+async def test_expire_stale_ends_only_lapsed_leases_whatever_the_instance(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """Issue 10: liveness by lease. 1. on instance i-1: a crash leftover (lease lapsed), a live
+    session (lease renewed) and a pre-lease record not written for longer than a lease; on i-2 a
+    leftover; a revoked session with a lapsed lease. 2. find_stale names the three stale active
+    ones (one instance: its two). 3. expire_stale for i-1 ends exactly its two; the live one and
+    i-2's leftover stay active. 4. a sweep of all then ends i-2's leftover alone."""
+    lease = DEFAULT_RETENTION.lease.total_seconds()
+    leftover = make_session(clock, server_instance_id="i-1", age=lease + 60)
+    live = make_session(clock, server_instance_id="i-1", age=lease + 60)
+    old_row = make_session(clock, server_instance_id="i-1", age=lease + 60).with_changes(lease_until=None)
+    other = make_session(clock, server_instance_id="i-2", age=lease + 60)
+    ended = make_session(clock, server_instance_id="i-1", age=lease + 60)
+    await create_all(store, [leftover, live, old_row, other, ended])
+    await store.revoke(ended.id, "ops", "r")
+    assert await store.renew(live.id) is ACTIVE
+    now = clock.now()
+    assert set(ids(await store.find_stale(now))) == {leftover.id, old_row.id, other.id}
+    assert set(ids(await store.find_stale(now, "i-1"))) == {leftover.id, old_row.id}
+    expired = await store.expire_stale(now, "i-1")
+    assert set(ids(expired)) == {leftover.id, old_row.id}
+    assert all(s.status is EXPIRED for s in expired)
+    assert (await store.get(live.id)).status is ACTIVE
+    assert (await store.get(other.id)).status is ACTIVE
+    assert ids(await store.expire_stale(now)) == [other.id]
+    assert await store.find_stale(now) == []
+
+
+async def test_expire_stale_loses_to_a_renewal_racing_it(
+    store: SessionStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. a session's lease lapses and a sweep reads it as stale. 2. its server renews before the
+    sweep writes (forced here by handing the sweep the stale read). 3. the sweep expires nothing:
+    its write is conditional on the lease still having lapsed."""
+    lease = DEFAULT_RETENTION.lease.total_seconds()
+    session = make_session(clock, age=lease + 60)
+    await store.create(session)
+    now = clock.now()
+    stale_read = await store.find_stale(now)
+    assert ids(stale_read) == [session.id]
+    assert await store.renew(session.id) is ACTIVE
+
+    async def stale_index(now: object, server_instance_id: object = None) -> list[ServerSession]:
+        return stale_read
+
+    monkeypatch.setattr(store, "find_stale", stale_index)
+    assert await store.expire_stale(now) == []
+    assert (await store.get(session.id)).status is ACTIVE
 
 
 async def test_touch_of_an_absent_session_raises_session_not_found(
@@ -389,24 +484,25 @@ async def test_concurrent_touches_lose_no_count(backend: StoreBackend, clock: Fa
 async def test_revoke_racing_touches_wins_and_stays(backend: StoreBackend, clock: FakeClock) -> None:
     """1. six tasks on two clients touch one session in a loop. 2. once some touches landed, a third
     client revokes it; each task goes on until three of its touches started after the revoke had
-    returned. 3. every one of those says REVOKED. 4. the record is exactly what revoke returned,
-    its count is exactly the touches that said ACTIVE."""
+    returned. 3. every one of those says REVOKED. 4. the record stays as revoke left it, and
+    (issue 10) its count is exactly every touch made, those that said REVOKED included."""
     tasks, after_revoke, most = 6, 3, 500  # `most` only bounds a store that never lets revoke in
     clients = [await backend.open() for _ in range(3)]
     try:
         session = make_session(clock)
         await clients[0].create(session)
-        applied = 0
+        applied = made = 0
         some_landed = asyncio.Event()
         revoke_done = asyncio.Event()
         late_statuses: list[SessionStatus] = []
 
         async def toucher(store: SessionStore) -> None:
-            nonlocal applied
+            nonlocal applied, made
             late = 0
             for _ in range(most):
                 started_after_revoke = revoke_done.is_set()
                 status = await store.touch(session.id, 1, clock.now())
+                made += 1
                 if status is ACTIVE:
                     applied += 1
                     if applied >= tasks * 3:
@@ -434,9 +530,10 @@ async def test_revoke_racing_touches_wins_and_stays(backend: StoreBackend, clock
 
         assert late_statuses == [REVOKED] * (tasks * after_revoke)
         stored = await clients[0].get(session.id)
-        assert stored == revoked
+        ended_fields = ("status", "revoked_by", "revoked_reason", "expires_at", "ttl", "lease_until")
+        assert all(getattr(stored, name) == getattr(revoked, name) for name in ended_fields)
         assert stored.status is REVOKED
-        assert stored.request_count == applied
+        assert stored.request_count == made > applied
         assert applied >= tasks * 3
         with pytest.raises(InvalidTransition):
             await clients[1].expire(session.id)

@@ -9,9 +9,11 @@ synchronise: tests wait on the tracker's and the wrapper's conditions under gene
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import anyio.lowlevel
@@ -22,10 +24,11 @@ from harness.faulty_store import FaultyStore
 from harness.moto import MotoServer
 from sentinel.metrics import Registry
 from sentinel.ratelimit import Throttle
-from sentinel.sessions.errors import SessionNotFound
-from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
+from sentinel.sessions.errors import SessionNotFound, StoreUnavailable
+from sentinel.sessions.model import DEFAULT_RETENTION, ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.null_tracker import NullTracker
 from sentinel.sessions.retry import Backoff
+from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker, Tracker
 from tests.sessions.conftest import FakeClock, StoreBackend
@@ -108,6 +111,14 @@ async def touch_concurrently(tracker: SessionTracker, tasks: int, per_task: int,
         for _ in range(tasks):
             tg.start_soon(handler)
     return tasks * per_task
+
+
+async def touch_and_flush(tracker: SessionTracker, count: int) -> None:
+    """`count` issuances, then wait (bounded) until the store has them."""
+    for _ in range(count):
+        tracker.touch_nowait()
+    with anyio.fail_after(WAIT):
+        await tracker.flush()
 
 
 def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -217,7 +228,7 @@ async def test_store_down_for_the_whole_run(
     async with running(tracker):
         touches = await touch_concurrently(tracker, tasks=10, per_task=100, burst=10)
         with anyio.fail_after(WAIT):
-            await faulty.wait_failed("find_active_by_server_instance", 4)
+            await faulty.wait_failed("expire_stale", 4)
         stats = tracker.statistics()
         assert stats.degraded
         assert not stats.session_created
@@ -241,10 +252,13 @@ async def test_moto_outage_then_recovery(
 ) -> None:
     """The real DynamoDB endpoint (moto server) goes away and comes back empty.
 
+    Issue 10 reverses what this test used to check (the record was recreated with every count):
+    a record that existed and is gone is a revocation, never a reason to recreate it.
     1. Create the session on a fresh table; touch and flush 100 events.
     2. Stop moto: touches keep succeeding, flushes fail (the tracker is degraded).
     3. moto restarts empty; the test recreates the table (what an operator would do).
-    4. The tracker recreates its record with every count, and shutdown expires it."""
+    4. The tracker finds its record missing: revoked ("session record missing"), the 100 events
+       it could not store are discarded, nothing is recreated, shutdown expires nothing."""
     from sentinel.sessions.dynamodb import DynamoDBSessionStore, create_session_table
 
     table = f"sentinel-tracker-{uuid.uuid4().hex[:12]}"
@@ -267,15 +281,17 @@ async def test_moto_outage_then_recovery(
                 assert tracker.statistics().degraded
             await create_session_table(table, region=REGION)
             with anyio.fail_after(30):
-                await tracker.flush()
+                await tracker.wait_revoked()
                 summary = await tracker.shutdown(10.0)
-        record = await inner.get(template.id)
+            with pytest.raises(SessionNotFound):
+                await inner.get(template.id)
     finally:
         await inner.aclose()
-    assert record.request_count + summary.dropped == touches == 200
-    assert record.status is SessionStatus.EXPIRED
-    assert summary.expired
-    assert observed.finished["create"] >= 2  # created at startup, recreated after the outage
+    assert touches == 200
+    assert tracker.revoked_reason == "session record missing"
+    assert (summary.flushed, summary.discarded, summary.unflushed) == (100, 100, 0)
+    assert not summary.expired
+    assert observed.finished["create"] == 1  # created at startup, never again
 
 
 # -- overflow --------------------------------------------------------------------------------------
@@ -325,8 +341,9 @@ async def test_revocation_is_seen_in_a_flush_result(
 
     1. Touch 3 times and flush. Polling is off in practice (one hour).
     2. Revoke through a second client: the tracker cannot know yet.
-    3. Touch 5 more and flush: the store refuses them, `revoked` turns True without a poll.
-    4. Shutdown leaves the record revoked with the 3 counted requests."""
+    3. Touch 5 more and flush: the store counts them (issue 10: every served credential is on
+       the record) and says revoked: `revoked` turns True without a poll.
+    4. Shutdown leaves the record revoked with all 8 requests counted, none discarded."""
     template = make_template(clock)
     tracker = make_tracker(store, template, clock, revocation_poll=3600)
     async with second_client(backend) as other, running(tracker):
@@ -347,10 +364,11 @@ async def test_revocation_is_seen_in_a_flush_result(
     stats = tracker.statistics()
     assert stats.polls == 0
     assert stats.ended is SessionStatus.REVOKED
-    assert summary.discarded == 5
+    assert summary.discarded == 0
+    assert summary.flushed == 8
     assert not summary.expired
     assert record.status is SessionStatus.REVOKED
-    assert record.request_count == 3
+    assert record.request_count == 8
     assert record.revoked_by == "admin"
     assert tracker.revoked
 
@@ -362,7 +380,8 @@ async def test_revocation_is_seen_by_the_idle_poll_and_never_undone(
 
     1. Create the session; no touches. Revoke through a second client.
     2. `revoked` turns True within the poll interval (bounded generously).
-    3. Delete the record, touch 3 times, flush: nothing is written or recreated.
+    3. Delete the record, touch 3 times, flush: the flush tries to count them on the revoked
+       record (issue 10), finds it missing, and recreates nothing.
     4. Shutdown neither recreates nor expires it; `revoked` stays True."""
     template = make_template(clock)
     tracker = make_tracker(store, template, clock, revocation_poll=0.05)
@@ -387,7 +406,9 @@ async def test_revocation_is_seen_by_the_idle_poll_and_never_undone(
     assert not summary.expired
     assert summary.discarded == 3
     assert summary.unflushed == 0
-    assert tracker.statistics().flush_calls == 1  # the create at startup, nothing since
+    # The create at startup, then one touch for the 3 events (issue 10), which found no record.
+    assert tracker.statistics().flush_calls == 2
+    assert tracker.revoked_reason == "session record missing"
 
 
 @sqlite_only
@@ -497,15 +518,17 @@ async def test_touches_after_shutdown_are_dropped_and_counted(store: SessionStor
 
 
 @pytest.mark.parametrize("noticed_by", ["flush", "poll"])
-async def test_deleted_record_is_recreated_with_the_accumulated_counts(
+async def test_deleted_record_is_a_revocation_and_never_recreated(
     store: SessionStore, backend: StoreBackend, clock: FakeClock, noticed_by: str
 ) -> None:
-    """The record is deleted while the session is active (an admin, or DynamoDB TTL).
+    """Issue 10 (this replaces "deleted record is recreated with the accumulated counts"): a
+    missing record is not a licence.
 
     1. Touch 5 times and flush; delete the record through a second client.
-    2. flush: touch 7 more; the flush's touch finds no record and recreates it.
-       poll: no touches; the idle poll finds no record and recreates it.
-    3. The recreated record holds everything this process counted."""
+    2. flush: touch 7 more; the flush's touch finds no record.
+       poll: no touches; the idle poll finds no record.
+    3. `revoked` turns True with the reason "session record missing" and one error line; the 7
+       are discarded; no create is ever sent again, and shutdown leaves no record behind."""
     template = make_template(clock)
     observed = FaultyStore(store)
     tracker = make_tracker(observed, template, clock, revocation_poll=3600 if noticed_by == "flush" else 0.05)
@@ -516,24 +539,24 @@ async def test_deleted_record_is_recreated_with_the_accumulated_counts(
         with anyio.fail_after(WAIT):
             await tracker.flush()
         await other.delete(template.id)
-        expected = 5
         with anyio.fail_after(WAIT):
             if noticed_by == "flush":
                 for _ in range(7):
                     tracker.touch_nowait()
-                expected += 7
                 await tracker.flush()
                 assert observed.failed["touch"] == 1
-            else:
-                await observed.wait_finished("create", 2)
-        record = await other.get(template.id)
-        assert record.status is SessionStatus.ACTIVE
-        assert record.request_count == expected
+            await tracker.wait_revoked()
+        assert tracker.revoked_reason == "session record missing"
+        tracker.touch_nowait()  # a request that raced the gate: nowhere to count it
         with anyio.fail_after(WAIT):
             summary = await tracker.shutdown(5.0)
-    assert summary.expired
-    assert summary.flushed == expected
-    assert (await store.get(template.id)).request_count == expected
+        with pytest.raises(SessionNotFound):
+            await other.get(template.id)
+    assert observed.started["create"] == 1
+    assert not summary.expired
+    assert summary.flushed == 5
+    assert summary.discarded == (8 if noticed_by == "flush" else 1)
+    assert summary.unflushed == 0
 
 
 # -- startup (issue 4 item 1) ----------------------------------------------------------------------
@@ -549,8 +572,9 @@ async def test_startup_retries_creation_and_expires_stale_sessions(
     2. The store fails: startup warns once and serves; 4 touches are kept; creation is retried.
     3. The store heals: host-a's stale sessions are expired, host-b's is untouched, and our
        session exists with the 4 touches."""
-    stale = [make_template(clock, "host-a") for _ in range(2)]
-    neighbour = make_template(clock, "host-b")
+    lapsed = clock.now() - timedelta(seconds=1)  # issue 10: a killed process stops renewing
+    stale = [make_template(clock, "host-a").with_changes(lease_until=lapsed) for _ in range(2)]
+    neighbour = make_template(clock, "host-b").with_changes(lease_until=lapsed)
     for session in [*stale, neighbour]:
         await store.create(session)
     template = make_template(clock, "host-a")
@@ -563,7 +587,7 @@ async def test_startup_retries_creation_and_expires_stale_sessions(
         for _ in range(4):
             tracker.touch_nowait()
         with anyio.fail_after(WAIT):
-            await faulty.wait_failed("find_active_by_server_instance", 3)
+            await faulty.wait_failed("expire_stale", 3)
         assert not tracker.statistics().session_created
         faulty.heal()
         with anyio.fail_after(WAIT):
@@ -690,3 +714,233 @@ def test_throttle_lets_one_through_per_interval() -> None:
     assert [throttle.allow(t) for t in (0.0, 5.0, 9.99, 10.0, 15.0)] == [True, False, False, True, False]
     throttle.reset()
     assert throttle.allow(15.0)
+
+
+# -- issue 12: exactly once, and a summary that adds up ----------------------------------------------
+
+
+async def test_a_lost_answer_is_retried_as_is_and_never_counted_twice(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """The store applies a touch and the answer is lost, three times over, while touches go on.
+
+    1. 10 touches, flushed. 2. The next 3 touch calls are applied by the real store but raise
+    (a timed-out reply). 3. 15 more touches arrive while the batch is retried; then 5 more.
+    4. The batch is resent with its number and count until the store says it has it; the later
+    touches go in later batches. 5. After shutdown: stored == flushed == 30 exactly."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = make_tracker(faulty, template, clock)
+    async with running(tracker):
+        assert await tracker.start_session()
+        await touch_and_flush(tracker, 10)
+        faulty.lose(3, "touch")
+        for _ in range(15):
+            tracker.touch_nowait()
+        tracker.flush_nowait()
+        with anyio.fail_after(WAIT):
+            await faulty.wait_failed("touch", 1)
+        for _ in range(5):
+            tracker.touch_nowait()
+        with anyio.fail_after(WAIT):
+            await tracker.flush()
+            summary = await tracker.shutdown(5.0)
+    record = await store.get(template.id)
+    assert faulty.failed["touch"] == 3
+    assert record.request_count == summary.flushed == 30
+    assert (summary.dropped, summary.discarded, summary.unflushed) == (0, 0, 0)
+    assert record.flush_seq >= 3
+
+
+@sqlite_only
+async def test_shutdown_with_the_file_locked_still_adds_up(
+    backend: StoreBackend, tmp_path: pytest.TempPathFactory, clock: FakeClock
+) -> None:
+    """Issue 12 item 2. 1. 20 issuances flushed. 2. Another connection takes SQLite's write lock.
+    3. 20 more issuances; shutdown with a 3 s budget: the flush cannot land (busy), the deadline
+    passes. 4. The summary adds up to 40: 20 flushed, 20 unflushed (the batch in flight)."""
+    path = tmp_path / "locked.db"  # type: ignore[operator]
+    store = await SqliteSessionStore.open(path, clock=clock, busy_timeout=0.5)
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock)
+    try:
+        async with running(tracker):
+            assert await tracker.start_session()
+            await touch_and_flush(tracker, 20)
+            blocker = sqlite3.connect(path, isolation_level=None)
+            try:
+                blocker.execute("BEGIN IMMEDIATE")
+                for _ in range(20):
+                    tracker.touch_nowait()
+                with anyio.fail_after(WAIT):
+                    summary = await tracker.shutdown(3.0)
+            finally:
+                blocker.close()
+        assert summary.timed_out
+        assert summary.flushed + summary.dropped + summary.discarded + summary.unflushed == 40
+        assert (summary.flushed, summary.unflushed) == (20, 20)
+        assert (await store.get(template.id)).request_count == 20
+    finally:
+        await store.aclose()
+
+
+# -- issue 10: liveness by lease, missing records, staleness, opening in the background --------------
+
+
+async def test_two_live_trackers_with_one_instance_id_both_keep_working(
+    backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Issue 10 item 5. 1. A leftover of instance host-a whose lease lapsed (a SIGKILLed server).
+    2. Trackers A and B start on host-a (a cloned host): the leftover is expired, once; neither
+    live session is. 4. Both count their touches and neither is
+    revoked; shutdown expires each."""
+    leftover = make_template(clock, "host-a").with_changes(lease_until=clock.now() - timedelta(seconds=1))
+    first, second = make_template(clock, "host-a"), make_template(clock, "host-a")
+    async with second_client(backend) as a_store, second_client(backend) as b_store:
+        await a_store.create(leftover)
+        a, b = make_tracker(a_store, first, clock), make_tracker(b_store, second, clock)
+        async with running(a), running(b):
+            assert await a.start_session()
+            assert await b.start_session()
+            for _ in range(4):
+                a.touch_nowait()
+                b.touch_nowait()
+            b.touch_nowait()
+            with anyio.fail_after(WAIT):
+                await a.flush()
+                await b.flush()
+            assert not a.revoked
+            assert not b.revoked
+            assert (await b_store.get(first.id)).status is SessionStatus.ACTIVE
+            with anyio.fail_after(WAIT):
+                summaries = [await a.shutdown(5.0), await b.shutdown(5.0)]
+        records = [await a_store.get(s.id) for s in (leftover, first, second)]
+    assert [r.status for r in records] == [SessionStatus.EXPIRED] * 3
+    assert [r.request_count for r in records[1:]] == [4, 5]
+    # Both workers start at once, so either may be the one whose sweep ends the leftover.
+    assert sorted([a.statistics().stale_expired, b.statistics().stale_expired]) == [0, 1]
+    assert all(s.expired for s in summaries)
+
+
+async def test_an_idle_server_renews_its_lease_rarely(store: SessionStore, clock: FakeClock) -> None:
+    """1. An idle tracker polls every 0.05 s and renews every 0.3 s (60 s in production).
+    2. The wall clock moves 2 minutes. 3. A renewal lands: the lease runs 3 minutes from the new
+    now. Renewals are a small share of the store calls: most idle calls stay reads."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = SessionTracker(
+        faulty, template, clock=clock, revocation_poll=0.05, lease_renewal=0.3, backoff=FAST_BACKOFF
+    )
+    async with running(tracker):
+        assert await tracker.start_session()
+        now = clock.advance(120)
+        renewals = faulty.started["renew"]
+        with anyio.fail_after(WAIT):
+            await faulty.wait_finished("renew", renewals + 2)
+            await faulty.wait_finished("get", faulty.finished["get"] + 1)
+        record = await store.get(template.id)
+        assert record.lease_until == now + DEFAULT_RETENTION.lease
+        assert faulty.finished["get"] > faulty.finished["renew"]
+        assert "touch" not in faulty.started  # no write without a request or a renewal
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+
+
+async def test_staleness_is_reported_and_flags_past_its_limit(store: SessionStore, clock: FakeClock) -> None:
+    """Issue 10 item 7. 1. A tracker with a 0.3 s staleness limit hears from the store.
+    2. The store fails: statistics say degraded with the store's one-line reason; once 0.3 s
+    pass without an answer, `stale` is True. 3. The store heals: the next answer clears it and
+    the staleness is back near zero."""
+    template = make_template(clock)
+    faulty = FaultyStore(store)
+    tracker = SessionTracker(
+        faulty, template, clock=clock, revocation_poll=0.05, backoff=FAST_BACKOFF, staleness_limit=0.3
+    )
+    async with running(tracker):
+        assert await tracker.start_session()
+        assert tracker.statistics().last_heard is not None
+        faulty.fail()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_stale()
+        stats = tracker.statistics()
+        assert stats.stale
+        assert stats.degraded
+        assert stats.degraded_reason is not None
+        assert "injected fault" in stats.degraded_reason
+        assert "\n" not in stats.degraded_reason
+        assert tracker.revocation_staleness() >= 0.3
+        faulty.heal()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_heard()
+        assert not tracker.stale
+        assert tracker.revocation_staleness() < 0.3
+        assert tracker.statistics().degraded_reason is None
+        with anyio.fail_after(WAIT):
+            await tracker.shutdown(5.0)
+
+
+async def test_a_store_that_cannot_be_opened_is_retried_in_the_background(
+    tmp_path: pytest.TempPathFactory, clock: FakeClock
+) -> None:
+    """Issue 10 item 2: tracking never switches itself off. 1. The SQLite path is a directory:
+    opening fails; start_session says False and the tracker is degraded. 2. 3 touches are kept.
+    3. The directory goes away: the opener succeeds, the record is created with the 3 touches.
+    4. A revocation through another client is seen. 5. Shutdown closes the store it opened."""
+    path = tmp_path / "sessions.db"  # type: ignore[operator]
+    path.mkdir()
+    opened: list[SqliteSessionStore] = []
+
+    async def opener() -> SessionStore:
+        opened.append(await SqliteSessionStore.open(path, clock=clock))
+        return opened[-1]
+
+    template = make_template(clock)
+    tracker = SessionTracker(opener, template, clock=clock, revocation_poll=0.05, backoff=FAST_BACKOFF)
+    assert not await tracker.start_session()
+    assert tracker.statistics().degraded
+    async with running(tracker):
+        for _ in range(3):
+            tracker.touch_nowait()
+        path.rmdir()
+        with anyio.fail_after(WAIT):
+            await tracker.wait_session_created()
+            await tracker.flush()
+        async with await SqliteSessionStore.open(path, clock=clock) as other:
+            assert (await other.get(template.id)).request_count == 3
+            await other.revoke(template.id, "admin", "test")
+            with anyio.fail_after(WAIT):
+                await tracker.wait_revoked()
+            with anyio.fail_after(WAIT):
+                summary = await tracker.shutdown(5.0)
+            assert (await other.get(template.id)).status is SessionStatus.REVOKED
+    assert len(opened) == 1
+    assert summary.flushed == 3
+    assert tracker.revoked_reason == "session revoked"
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await opened[0].get(template.id)
+
+
+async def test_a_revoked_sessions_record_holds_every_served_count(
+    store: SessionStore, backend: StoreBackend, clock: FakeClock
+) -> None:
+    """Issue 10 item 6. 1. 36 issuances flushed in three batches. 2. An admin revokes the session
+    through another client. 3. 20 more, issued before the server learned of it, flushed in two
+    batches: the first learns the revocation, the second is sent as a revoked touch.
+    4. After shutdown the revoked record holds all 56; nothing is discarded."""
+    template = make_template(clock)
+    tracker = make_tracker(store, template, clock, revocation_poll=3600)
+    async with second_client(backend) as other, running(tracker):
+        assert await tracker.start_session()
+        for _ in range(3):
+            await touch_and_flush(tracker, 12)
+        await other.revoke(template.id, by="admin", reason="incident")
+        await touch_and_flush(tracker, 10)
+        assert tracker.revoked
+        await touch_and_flush(tracker, 10)
+        with anyio.fail_after(WAIT):
+            summary = await tracker.shutdown(5.0)
+        record = await other.get(template.id)
+    assert record.status is SessionStatus.REVOKED
+    assert record.request_count + summary.dropped == 56
+    assert (summary.flushed, summary.discarded, summary.unflushed) == (56, 0, 0)
+    assert record.flush_seq == 5
