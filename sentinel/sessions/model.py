@@ -105,6 +105,10 @@ class ServerSession:
     ttl: int
     revoked_by: str | None = None
     revoked_reason: str | None = None
+    # Where this session's credentials come from and the longest lifetime (seconds) any of them
+    # can have: what an AWS-side revocation must deny, and for how long (issue 13).
+    role_arn: str | None = None
+    credential_lifetime: int | None = None
 
     @classmethod
     def start(
@@ -117,6 +121,8 @@ class ServerSession:
         session_id: str | None = None,
         now: datetime | None = None,
         retention: Retention = DEFAULT_RETENTION,
+        role_arn: str | None = None,
+        credential_lifetime: int | None = None,
     ) -> ServerSession:
         """A fresh active session, as created at server startup."""
         now = now or utc_now()
@@ -134,6 +140,8 @@ class ServerSession:
             created_at=now,
             updated_at=now,
             ttl=retention.ttl(now),
+            role_arn=role_arn,
+            credential_lifetime=credential_lifetime,
         )
 
     def with_changes(self, **changes: object) -> ServerSession:
@@ -162,6 +170,10 @@ class ServerSession:
             record["revoked_by"] = self.revoked_by
         if self.revoked_reason is not None:
             record["revoked_reason"] = self.revoked_reason
+        if self.role_arn is not None:
+            record["role_arn"] = self.role_arn
+        if self.credential_lifetime is not None:
+            record["credential_lifetime"] = self.credential_lifetime
         return record
 
     @classmethod
@@ -177,6 +189,10 @@ class ServerSession:
         def optional(name: str) -> str | None:
             value = record.get(name)
             return None if value is None else str(value)
+
+        def optional_int(name: str) -> int | None:
+            value = record.get(name)
+            return None if value is None else int(value)  # type: ignore[call-overload]
 
         return cls(
             id=text("id"),
@@ -194,4 +210,6 @@ class ServerSession:
             ttl=int(record["ttl"]),  # type: ignore[call-overload]
             revoked_by=optional("revoked_by"),
             revoked_reason=optional("revoked_reason"),
+            role_arn=optional("role_arn"),
+            credential_lifetime=optional_int("credential_lifetime"),
         )

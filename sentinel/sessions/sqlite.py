@@ -40,7 +40,7 @@ from sentinel.sessions.model import (
 )
 from sentinel.sessions.store import MAX_LIST_LIMIT, clamp_limit
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Recorded in `PRAGMA user_version`; a file with a newer version is refused, an older one migrated."""
 
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
@@ -67,6 +67,8 @@ _COLUMNS: Final = (
     "ttl",
     "revoked_by",
     "revoked_reason",
+    "role_arn",
+    "credential_lifetime",
 )
 
 # Version 1. The (…, created_at, id) indexes serve the newest-first lists without a sort step; the
@@ -96,6 +98,16 @@ _SCHEMA_V1: Final = (
     " ON sessions (server_instance_id, status, created_at, id)",
     "CREATE INDEX IF NOT EXISTS sessions_by_ttl ON sessions (ttl)",
 )
+
+# Version 2 (issue 13): the role a session's credentials come from and their longest lifetime,
+# nullable so rows written by version 1 stay valid.
+_SCHEMA_V2: Final = (
+    "ALTER TABLE sessions ADD COLUMN role_arn TEXT",
+    "ALTER TABLE sessions ADD COLUMN credential_lifetime INTEGER",
+)
+
+# What takes a file from version N to N + 1, in order.
+_MIGRATIONS: Final = (_SCHEMA_V1, _SCHEMA_V2)
 
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM sessions"  # noqa: S608 - constant column names
 _NEWEST_FIRST: Final = "ORDER BY created_at DESC, id DESC LIMIT ?"
@@ -435,9 +447,11 @@ def _prepare(conn: sqlite3.Connection, cutoff: int) -> None:
         raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (still {mode})")
     conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of the process in WAL mode
     with _immediate(conn):
-        if _check_version(conn) < SCHEMA_VERSION:
-            for statement in _SCHEMA_V1:
-                conn.execute(statement)
+        version = _check_version(conn)
+        if version < SCHEMA_VERSION:
+            for migration in _MIGRATIONS[version:]:
+                for statement in migration:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(_PURGE, (cutoff,))
 

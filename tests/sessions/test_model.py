@@ -188,7 +188,13 @@ def test_revoked_records_round_trip_with_who_and_why() -> None:
 
 
 def test_records_hold_only_strings_and_integers() -> None:
-    record = sample(status=EXPIRED, revoked_by="x", revoked_reason="y").to_record()
+    record = sample(
+        status=EXPIRED,
+        revoked_by="x",
+        revoked_reason="y",
+        role_arn="arn:aws:iam::123456789012:role/dev",
+        credential_lifetime=900,
+    ).to_record()
     assert set(record) == set(ServerSession.__dataclass_fields__)
     assert {type(v) for v in record.values()} <= {str, int}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sentinel.sessions import sqlite as sqlite_module
 from sentinel.sessions.errors import SessionNotFound, StoreUnavailable
 from sentinel.sessions.model import Retention, SessionStatus
 from sentinel.sessions.sqlite import PURGE_INTERVAL, SCHEMA_VERSION, SqliteSessionStore
@@ -152,7 +153,7 @@ async def test_the_file_is_in_wal_mode_with_the_schema_version_recorded(tmp_path
         pass
     with raw(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 @pytest.mark.parametrize(
@@ -187,20 +188,48 @@ async def test_reopening_keeps_the_data(tmp_path: Path, clock: FakeClock) -> Non
 
 
 async def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    """1. a file written by a newer Sentinel (user_version 2). 2. open raises StoreUnavailable
+    """1. a file written by a newer Sentinel (user_version 3). 2. open raises StoreUnavailable
     naming the file and both versions. 3. the file is left as it was."""
     path = tmp_path / "sessions.db"
     async with await SqliteSessionStore.open(path):
         pass
     with raw(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 3")
     with pytest.raises(StoreUnavailable) as caught:
         await SqliteSessionStore.open(path)
     assert_one_line_unavailable(caught.value, path, "open")
-    assert "schema version 2" in str(caught.value)
+    assert "schema version 3" in str(caught.value)
     assert f"({SCHEMA_VERSION})" in str(caught.value)
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path, clock: FakeClock) -> None:
+    """1. a file as version 1 wrote it (no role_arn, no credential_lifetime columns), with a row.
+    2. open migrates it to the current version. 3. the old row reads back with both fields None,
+    and a new session with them set round-trips."""
+    path = tmp_path / "sessions.db"
+    old = make_session(clock)
+    with raw(path) as conn:
+        for statement in sqlite_module._SCHEMA_V1:
+            conn.execute(statement)
+        record = old.to_record()
+        columns = ", ".join(record)
+        conn.execute(
+            f"INSERT INTO sessions ({columns}) VALUES ({', '.join('?' * len(record))})",  # noqa: S608
+            tuple(record.values()),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    new = make_session(clock).with_changes(
+        role_arn="arn:aws:iam::123456789012:role/dev", credential_lifetime=3600
+    )
+    async with await SqliteSessionStore.open(path, clock=clock) as store:
+        assert await store.get(old.id) == old
+        await store.create(new)
+        assert await store.get(new.id) == new
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_a_corrupt_file_is_refused_in_one_line(tmp_path: Path) -> None:
