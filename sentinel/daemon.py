@@ -29,6 +29,7 @@ from sentinel.credentials import (
     AwsContext,
     CredentialCache,
     StsRoleAssumer,
+    effective_duration,
     open_aws,
     resolve_user,
     role_session_name,
@@ -208,6 +209,10 @@ async def _started(config: ServerConfig, mode: Mode, *, listen: bool = True) -> 
             profile=profile,
             server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
             source_identity=identity.source_identity,
+            # What `server-revoke` needs to deny these credentials on AWS, and for how long: no
+            # rule can raise a served lifetime above the server's own ceiling (issue 13).
+            role_arn=aws.role_arn,
+            credential_lifetime=int(effective_duration(config.server_duration, None).total_seconds()),
         )
         tracker = await _open_tracker(config, stack, template, registry, aws)
         audit = open_decision_log(config.decision_log, registry=registry)
