@@ -319,7 +319,8 @@ def test_revocation_from_another_process_reaches_the_server_and_sticks(
         for served in (a, b):
             result = run_sentinel(
                 ["server-revoke", served.session_id, "--reason", "laptop stolen", "--session-db", str(db)],
-                env,
+                # An admin with AWS credentials: the revocation is also enforced on the role (issue 13).
+                {**env, "AWS_PROFILE": "base"},
             )
             assert result.returncode == 0, result.stderr
         revoked = (403, {"Message": "session revoked"})
