@@ -8,13 +8,11 @@ limit on a role's inline policies): these tests check the policy the role carrie
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import boto3
 import pytest
 
 from sentinel.revocation import (
@@ -27,28 +25,18 @@ from sentinel.revocation import (
     open_role_policies,
 )
 from sentinel.revocation.document import round_up
+from tests.revocation.roles import denied, new_role
 from tests.sessions.conftest import FakeClock
 from tests.support.moto import REGION
 
 START = datetime(2026, 11, 28, 4, 10, tzinfo=UTC)
 ALICE = "sentinel.alice.0123456789abcdef"
 BOB = "sentinel.bob.fedcba9876543210"
-TRUST = (
-    '{"Version":"2012-10-17","Statement":'
-    '[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}'
-)
 
 
 @pytest.fixture
-def iam(aws_endpoint: str) -> Any:
-    return boto3.client("iam", endpoint_url=aws_endpoint, region_name=REGION)
-
-
-@pytest.fixture
-def role_arn(iam: Any) -> str:
-    name = f"sentinel-revoke-{uuid.uuid4().hex[:10]}"
-    arn: str = iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
-    return arn
+def role_arn(aws_endpoint: str) -> str:
+    return new_role(aws_endpoint)
 
 
 @pytest.fixture
@@ -57,31 +45,21 @@ async def policies(aws_endpoint: str) -> AsyncIterator[IamRolePolicies]:
         yield opened
 
 
-def denied(iam: Any, role_arn: str) -> dict[str, list[str]] | None:
-    """The role's policy as IAM returns it: Sid -> identities (None if there is no policy)."""
-    try:
-        document = iam.get_role_policy(RoleName=role_arn.rsplit("/", 1)[1], PolicyName=POLICY_NAME)
-    except iam.exceptions.NoSuchEntityException:
-        return None
-    statements = document["PolicyDocument"]["Statement"]
-    return {s["Sid"]: s["Condition"]["StringEquals"]["aws:SourceIdentity"] for s in statements}
-
-
 def sid(until: datetime) -> str:
     return "SentinelRevokedUntil" + round_up(until).strftime("%Y%m%d%H%M")
 
 
 async def test_a_revocation_denies_exactly_that_identity_and_a_second_adds_to_it(
-    iam: Any, role_arn: str, policies: IamRolePolicies
+    aws_endpoint: str, role_arn: str, policies: IamRolePolicies
 ) -> None:
     """1. no policy on the role. 2. enforce Alice: the role's inline policy holds exactly her
     identity, in a statement named for its end. 3. enforce Bob (another end): both are denied."""
     clock = FakeClock(START)
     enforcer = Enforcer(policies, clock=clock, settle=0)
-    assert denied(iam, role_arn) is None
+    assert denied(aws_endpoint, role_arn) is None
     alice_end = START + timedelta(minutes=30)
     done = await enforcer.enforce(role_arn, {ALICE: alice_end})
-    assert denied(iam, role_arn) == {sid(alice_end): [ALICE]}
+    assert denied(aws_endpoint, role_arn) == {sid(alice_end): [ALICE]}
     assert (done.until, done.attempts, done.pruned, done.deleted) == (
         {ALICE: round_up(alice_end)},
         1,
@@ -90,13 +68,13 @@ async def test_a_revocation_denies_exactly_that_identity_and_a_second_adds_to_it
     )
     bob_end = START + timedelta(hours=12, minutes=15)
     await enforcer.enforce(role_arn, {BOB: bob_end})
-    assert denied(iam, role_arn) == {sid(alice_end): [ALICE], sid(bob_end): [BOB]}
+    assert denied(aws_endpoint, role_arn) == {sid(alice_end): [ALICE], sid(bob_end): [BOB]}
     assert await enforcer.lookup(role_arn, ALICE) == round_up(alice_end)
     assert await enforcer.lookup(role_arn, "sentinel.carol.0000000000000000") is None
 
 
 async def test_pruning_with_a_driven_clock_removes_expired_entries_then_the_policy(
-    iam: Any, role_arn: str, policies: IamRolePolicies
+    aws_endpoint: str, role_arn: str, policies: IamRolePolicies
 ) -> None:
     """1. Alice (ends in 30 min) and Bob (12 h) are denied. 2. the clock passes Alice's end: the
     next enforcement (here a prune-only one) removes her and keeps Bob. 3. past Bob's end the
@@ -108,11 +86,11 @@ async def test_pruning_with_a_driven_clock_removes_expired_entries_then_the_poli
     clock.advance((round_up(alice_end) - START).total_seconds())
     done = await enforcer.enforce(role_arn, {})
     assert done.pruned == {ALICE}
-    assert denied(iam, role_arn) == {sid(bob_end): [BOB]}
+    assert denied(aws_endpoint, role_arn) == {sid(bob_end): [BOB]}
     clock.advance(timedelta(hours=12).total_seconds())
     done = await enforcer.enforce(role_arn, {})
     assert (done.pruned, done.deleted) == ({BOB}, True)
-    assert denied(iam, role_arn) is None
+    assert denied(aws_endpoint, role_arn) is None
 
 
 class ReadTogether:
@@ -154,9 +132,7 @@ class RaceOnFirstRead:
         await self._inner.delete(role, name)
 
 
-async def test_two_concurrent_revocations_on_one_role_both_land(
-    iam: Any, role_arn: str, aws_endpoint: str
-) -> None:
+async def test_two_concurrent_revocations_on_one_role_both_land(role_arn: str, aws_endpoint: str) -> None:
     """1. two enforcers, each with its own IAM client, revoke Alice and Bob on one role at once.
     2. both read the (empty) policy before either writes, so one write overwrites the other.
     3. the read-back catches the loss and the loser retries: both identities end up denied, and
@@ -178,7 +154,7 @@ async def test_two_concurrent_revocations_on_one_role_both_land(
         async with anyio.create_task_group() as group:
             group.start_soon(revoke, ALICE)
             group.start_soon(revoke, BOB)
-    assert denied(iam, role_arn) == {sid(end): [ALICE, BOB]}
+    assert denied(aws_endpoint, role_arn) == {sid(end): [ALICE, BOB]}
     assert sum(writer.puts for writer in writers) >= 3
     assert max(outcome.attempts for outcome in outcomes.values()) >= 2
 
@@ -188,7 +164,7 @@ def identities(count: int) -> list[str]:
 
 
 async def test_the_size_limit_prunes_first_and_then_refuses(
-    iam: Any, role_arn: str, policies: IamRolePolicies
+    aws_endpoint: str, role_arn: str, policies: IamRolePolicies
 ) -> None:
     """1. a full policy of expired entries: a new revocation prunes them and fits. 2. a policy
     full of live entries: the next revocation is refused with PolicyFull naming the limit, and the
@@ -202,7 +178,7 @@ async def test_the_size_limit_prunes_first_and_then_refuses(
     await policies.put(role_arn.rsplit("/", 1)[1], POLICY_NAME, stale.render())
     done = await enforcer.enforce(role_arn, {ALICE: START + timedelta(hours=1)})
     assert len(done.pruned) == 200
-    assert denied(iam, role_arn) == {sid(START + timedelta(hours=1)): [ALICE]}
+    assert denied(aws_endpoint, role_arn) == {sid(START + timedelta(hours=1)): [ALICE]}
 
     live_end = START + timedelta(hours=3)
     already = {ALICE: START + timedelta(hours=1)}
@@ -216,9 +192,9 @@ async def test_the_size_limit_prunes_first_and_then_refuses(
         fitting += 1
     assert fitting < len(many)
     await enforcer.enforce(role_arn, dict.fromkeys(many[:fitting], live_end))
-    before = denied(iam, role_arn)
+    before = denied(aws_endpoint, role_arn)
     with pytest.raises(PolicyFull) as caught:
         await enforcer.enforce(role_arn, {many[fitting]: live_end})
     assert "10240" in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert denied(iam, role_arn) == before
+    assert denied(aws_endpoint, role_arn) == before

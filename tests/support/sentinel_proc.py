@@ -40,7 +40,7 @@ PROFILE = "demo"
 BASE_ACCESS_KEY = "AKIASENTINELE2EBASE01"
 BASE_SECRET_KEY = "sentinel-e2e-base-secret-not-real"
 
-_TRUST_POLICY = json.dumps(
+TRUST_POLICY = json.dumps(
     {
         "Version": "2012-10-17",
         "Statement": [
@@ -137,7 +137,7 @@ class AwsSandbox:
         try:
             iam.get_role(RoleName=ROLE_NAME)
         except iam.exceptions.NoSuchEntityException:
-            iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST_POLICY)
+            iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=TRUST_POLICY)
 
 
 def _client(service: str, endpoint: str) -> Any:
@@ -160,7 +160,7 @@ def make_sandbox(directory: Path, moto: MotoServer) -> AwsSandbox:
     try:
         arn: str = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
-        arn = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=_TRUST_POLICY)["Role"]["Arn"]
+        arn = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=TRUST_POLICY)["Role"]["Arn"]
     (directory / "aws-credentials").write_text(
         f"[base]\naws_access_key_id = {BASE_ACCESS_KEY}\naws_secret_access_key = {BASE_SECRET_KEY}\n"
     )
