@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sentinel.cli import EXIT_NOT_ENFORCED
-from sentinel.revocation import POLICY_NAME, RevocationDocument
+from sentinel.cli import EXIT_NOT_ENFORCED, EXIT_POLICY_FULL
+from sentinel.revocation import MAX_INLINE_POLICY_CHARS, POLICY_NAME, RevocationDocument
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from tests.revocation.roles import denied, iam_client, identities, new_role
@@ -309,3 +309,38 @@ def test_iam_access_denied_leaves_the_store_revoked_and_says_so_in_one_line(
     code, stdout, _ = _run(admin, "server-session", session.id, "--session-db", str(db), "--json")
     assert code == 0
     assert json.loads(stdout)["enforcement"]["state"] == "not-enforced"
+
+
+def test_a_full_revocation_policy_is_refused_with_exit_6_and_the_store_revoked(
+    admin_env: dict[str, str], sandbox: AwsSandbox, tmp_path: Path
+) -> None:
+    """1. the role's revocation policy is filled with live entries to just under IAM's limit.
+    2. `server-revoke`: exit 6, one line saying revoked in the store but not enforced, and why.
+    3. the store says revoked; the role's policy is unchanged."""
+    db = tmp_path / "sessions.db"
+    role_arn = new_role(sandbox.endpoint)
+    (session,) = _seed(db, role_arn, "jane")
+    live = datetime.now(UTC) + timedelta(hours=6)
+    filler: dict[str, datetime] = {}
+    for n in range(1000):
+        candidate = {**filler, f"sentinel.filler-user-with-a-long-name.{n:016x}": live}
+        if len(RevocationDocument().with_entries(candidate).render()) > MAX_INLINE_POLICY_CHARS:
+            break
+        filler = candidate
+    document = RevocationDocument().with_entries(filler).render()
+    iam_client(sandbox.endpoint).put_role_policy(
+        RoleName=role_arn.rsplit("/", 1)[1], PolicyName=POLICY_NAME, PolicyDocument=document
+    )
+    before = denied(sandbox.endpoint, role_arn)
+    code, stdout, stderr = _run(
+        admin_env, "server-revoke", session.id, "--reason", "r", "--session-db", str(db)
+    )
+    assert code == EXIT_POLICY_FULL
+    assert stdout == f"revoked session {session.id} (user jane, profile demo)\n"
+    (line,) = stderr.splitlines()
+    assert line.startswith(f"sentinel: session {session.id} revoked in the store but not enforced on AWS: ")
+    assert "over IAM's 10240" in line
+    stored = store_session(session.id, db=db)
+    assert stored is not None
+    assert stored.status is SessionStatus.REVOKED
+    assert denied(sandbox.endpoint, role_arn) == before

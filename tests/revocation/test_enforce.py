@@ -18,6 +18,7 @@ import pytest
 from sentinel.revocation import (
     MAX_INLINE_POLICY_CHARS,
     POLICY_NAME,
+    EnforcementError,
     Enforcer,
     IamRolePolicies,
     PolicyFull,
@@ -25,6 +26,7 @@ from sentinel.revocation import (
     open_role_policies,
 )
 from sentinel.revocation.document import round_up
+from sentinel.sessions.retry import Backoff
 from tests.revocation.roles import denied, new_role
 from tests.sessions.conftest import FakeClock
 from tests.support.moto import REGION
@@ -198,3 +200,39 @@ async def test_the_size_limit_prunes_first_and_then_refuses(
     assert "10240" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert denied(aws_endpoint, role_arn) == before
+
+
+class OtherAdminAlwaysWins:
+    """The real IAM policies, but right after each of our writes another admin's write (based on
+    an older read) replaces the policy with one that lacks our entries."""
+
+    def __init__(self, inner: IamRolePolicies, theirs: str) -> None:
+        self._inner = inner
+        self._theirs = theirs
+        self.puts = 0
+
+    async def get(self, role: str, name: str) -> Mapping[str, Any] | None:
+        return await self._inner.get(role, name)
+
+    async def put(self, role: str, name: str, document: str) -> None:
+        self.puts += 1
+        await self._inner.put(role, name, document)
+        await self._inner.put(role, name, self._theirs)
+
+    async def delete(self, role: str, name: str) -> None:
+        await self._inner.delete(role, name)
+
+
+async def test_a_write_that_never_sticks_fails_after_the_bounded_attempts(
+    aws_endpoint: str, role_arn: str, policies: IamRolePolicies
+) -> None:
+    """1. every write of ours is overwritten at once by a policy without our entry. 2. the
+    enforcer tries exactly `attempts` times, then raises one line saying it did not stick."""
+    theirs = RevocationDocument().with_entries({BOB: START + timedelta(hours=1)}).render()
+    racing = OtherAdminAlwaysWins(policies, theirs)
+    enforcer = Enforcer(racing, clock=FakeClock(START), settle=0, attempts=3, backoff=Backoff(0.01, 0.02))
+    with pytest.raises(EnforcementError) as caught:
+        await enforcer.enforce(role_arn, {ALICE: START + timedelta(hours=1)})
+    assert racing.puts == 3
+    assert "after 3 attempts" in str(caught.value)
+    assert denied(aws_endpoint, role_arn) == {sid(START + timedelta(hours=1)): [BOB]}
