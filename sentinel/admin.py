@@ -16,6 +16,7 @@ from typing import Literal
 
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.config import ServerConfig
+from sentinel.credentials.params import STS_MAX_DURATION
 from sentinel.errors import SentinelError
 from sentinel.revocation import SAFETY_MARGIN, EnforcementError, Enforcer, open_role_policies
 from sentinel.sessions.errors import InvalidTransition
@@ -124,7 +125,8 @@ def local_identity() -> str:
 
 # -- revocation that AWS enforces (issue 13) ------------------------------------------------------
 
-_UNKNOWN_LIFETIME = timedelta(hours=12)  # STS's longest: what a record without a lifetime could have
+# What a record without a lifetime could have served: STS's longest.
+_UNKNOWN_LIFETIME = STS_MAX_DURATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,14 +235,17 @@ async def active_session_ids(store: SessionStore, user: str) -> list[str]:
 
 
 async def enforcement_state(
-    enforcer: Enforcer, session: ServerSession, *, clock: Clock = SYSTEM_CLOCK
+    config: ServerConfig, session: ServerSession, *, clock: Clock = SYSTEM_CLOCK
 ) -> EnforcementState | None:
-    """Whether the role denies a revoked session's credentials now (None: not applicable)."""
+    """Whether the role denies a revoked session's credentials now (None: not applicable).
+
+    Asks IAM as the admin; an IAM failure is an `unknown` state, not an error of the command."""
     if session.status is not SessionStatus.REVOKED or session.role_arn is None:
         return None
     role_arn = session.role_arn
     try:
-        until = await enforcer.lookup(role_arn, session.source_identity)
+        async with open_role_policies(config.profile, config.region) as policies:
+            until = await Enforcer(policies).lookup(role_arn, session.source_identity)
     except EnforcementError as error:
         return EnforcementState("unknown", role_arn, detail=str(error))
     now = clock.now()

@@ -244,9 +244,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
     async def work() -> tuple[ServerSession, admin.EnforcementState | None]:
         async with admin.store_for(config) as store:
             session = await admin.get_session(store, args.session_id)
-        wanted = session.status is SessionStatus.REVOKED and session.role_arn is not None
-        async with admin.enforcer_for(config, enforce=wanted and not args.no_enforce) as enforcer:
-            state = await admin.enforcement_state(enforcer, session) if enforcer else None
+        state = None if args.no_enforce else await admin.enforcement_state(config, session)
         return session, state
 
     session, state = _run(work)

@@ -20,7 +20,7 @@ from sentinel.revocation import MAX_INLINE_POLICY_CHARS, POLICY_NAME, Revocation
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from tests.revocation.roles import denied, iam_client, identities, new_role
-from tests.support.moto import REGION, MotoServer
+from tests.support.moto import REGION, MotoServer, free_port
 from tests.support.sentinel_proc import (
     TRUST_POLICY,
     AwsSandbox,
@@ -344,3 +344,28 @@ def test_a_full_revocation_policy_is_refused_with_exit_6_and_the_store_revoked(
     assert stored is not None
     assert stored.status is SessionStatus.REVOKED
     assert denied(sandbox.endpoint, role_arn) == before
+
+
+def test_iam_unreachable_is_exit_5_for_revoke_and_unknown_for_session(
+    admin_env: dict[str, str], sandbox: AwsSandbox, tmp_path: Path
+) -> None:
+    """IAM's endpoint (AWS_ENDPOINT_URL_IAM) is a closed loopback port. 1. `server-revoke`: the
+    store revokes, exit 5, one line naming the connection error. 2. `server-session` still shows
+    the record, exit 0, enforcement `unknown` with the reason."""
+    db = tmp_path / "sessions.db"
+    (session,) = _seed(db, new_role(sandbox.endpoint), "kate")
+    unreachable = {**admin_env, "AWS_ENDPOINT_URL_IAM": f"http://127.0.0.1:{free_port()}"}
+    code, _, stderr = _run(unreachable, "server-revoke", session.id, "--reason", "r", "--session-db", str(db))
+    assert code == EXIT_NOT_ENFORCED
+    (line,) = stderr.splitlines()
+    assert session.role_arn is not None
+    role = session.role_arn.rsplit("/", 1)[1]
+    assert line.endswith(
+        f"not enforced on AWS: IAM GetRolePolicy on role {role} failed: EndpointConnectionError"
+    )
+    code, stdout, stderr = _run(unreachable, "server-session", session.id, "--session-db", str(db), "--json")
+    assert (code, stderr) == (0, "")
+    record = json.loads(stdout)
+    assert record["status"] == "revoked"
+    assert record["enforcement"]["state"] == "unknown"
+    assert "EndpointConnectionError" in record["enforcement"]["detail"]
