@@ -16,9 +16,8 @@ from typing import Literal
 
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.config import ServerConfig
-from sentinel.credentials.params import STS_MAX_DURATION
 from sentinel.errors import SentinelError
-from sentinel.revocation import SAFETY_MARGIN, EnforcementError, Enforcer, open_role_policies
+from sentinel.revocation import SAFETY_MARGIN, EnforcementError, Enforcer
 from sentinel.sessions.errors import InvalidTransition
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, validate_session_id
@@ -125,8 +124,9 @@ def local_identity() -> str:
 
 # -- revocation that AWS enforces (issue 13) ------------------------------------------------------
 
-# What a record without a lifetime could have served: STS's longest.
-_UNKNOWN_LIFETIME = STS_MAX_DURATION
+# What a record without a lifetime could have served: STS's longest (credentials.params has it as
+# STS_MAX_DURATION; not imported, since `sentinel.credentials` loads the AWS SDK).
+_UNKNOWN_LIFETIME = timedelta(hours=12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +160,8 @@ async def enforcer_for(config: ServerConfig, *, enforce: bool) -> AsyncIterator[
     if not enforce:
         yield None
         return
+    from sentinel.revocation.iam import open_role_policies
+
     async with open_role_policies(config.profile, config.region) as policies:
         yield Enforcer(policies)
 
@@ -243,6 +245,8 @@ async def enforcement_state(
     if session.status is not SessionStatus.REVOKED or session.role_arn is None:
         return None
     role_arn = session.role_arn
+    from sentinel.revocation.iam import open_role_policies
+
     try:
         async with open_role_policies(config.profile, config.region) as policies:
             until = await Enforcer(policies).lookup(role_arn, session.source_identity)

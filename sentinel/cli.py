@@ -71,7 +71,7 @@ def exit_code_for(error: SentinelError) -> int:
         return EXIT_USAGE
     if isinstance(error, NoActiveSessions):
         return EXIT_NOT_FOUND
-    from sentinel.revocation import EnforcementError, PolicyFull
+    from sentinel.revocation.errors import EnforcementError, PolicyFull
 
     if isinstance(error, PolicyFull):
         return EXIT_POLICY_FULL

@@ -1,20 +1,13 @@
 """Revocation that AWS enforces (issue 13): a role policy denying revoked sessions' SourceIdentity.
 
-`document` builds and reads the policy, `iam` talks to IAM, `enforce` runs the read-merge-write-
-readback loop. `admin.py` decides what to revoke; `cli.py` prints. docs/enforcement.md has the why.
+`document` builds and reads the policy, `iam` talks to IAM (import it directly: it loads the AWS
+SDK, which the admin commands that never reach IAM do without), `enforce` runs the read-merge-
+write-readback loop. `admin.py` decides what to revoke; `cli.py` prints. docs/enforcement.md has the why.
 """
 
 from sentinel.revocation.document import MAX_INLINE_POLICY_CHARS, POLICY_NAME, RevocationDocument
-from sentinel.revocation.enforce import SAFETY_MARGIN, Enforced, Enforcer
-from sentinel.revocation.iam import (
-    EnforcementError,
-    IamRefused,
-    IamRolePolicies,
-    PolicyFull,
-    RolePolicies,
-    open_role_policies,
-    role_name,
-)
+from sentinel.revocation.enforce import SAFETY_MARGIN, Enforced, Enforcer, RolePolicies, role_name
+from sentinel.revocation.errors import EnforcementError, IamRefused, PolicyFull
 
 __all__ = [
     "MAX_INLINE_POLICY_CHARS",
@@ -24,10 +17,8 @@ __all__ = [
     "EnforcementError",
     "Enforcer",
     "IamRefused",
-    "IamRolePolicies",
     "PolicyFull",
     "RevocationDocument",
     "RolePolicies",
-    "open_role_policies",
     "role_name",
 ]

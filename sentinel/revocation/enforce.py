@@ -11,10 +11,11 @@ eventual consistency; a writer stalled longer than that can still drop an entry,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final, Protocol
 
 import anyio
 
@@ -26,16 +27,41 @@ from sentinel.revocation.document import (
     parse,
     policy_size,
 )
-from sentinel.revocation.iam import EnforcementError, PolicyFull, RolePolicies, role_name
+from sentinel.revocation.errors import EnforcementError, PolicyFull
 from sentinel.sessions.retry import Backoff
 
 SAFETY_MARGIN: Final = timedelta(minutes=15)
 """Added to every end of usefulness: clock skew between this host and AWS, and the server's own
 delay in noticing its revocation (its revocation poll), during which it may still fetch credentials."""
 
+# arn:<partition>:iam::<account>:role/<optional/path/>name
+_ROLE_ARN: Final = re.compile(r"arn:[a-z-]+:iam::\d{12}:role/(?:[\x21-\x7e]*/)?([\w+=,.@-]{1,64})")
+
 DEFAULT_ATTEMPTS: Final = 5
 DEFAULT_SETTLE: Final = 1.0
 DEFAULT_BACKOFF: Final = Backoff(initial=0.2, maximum=3.0)
+
+
+def role_name(role_arn: str) -> str:
+    """The role's name (the last path segment of its ARN); `EnforcementError` if it is no role ARN."""
+    match = _ROLE_ARN.fullmatch(role_arn)
+    if match is None:
+        raise EnforcementError(f"not an IAM role ARN: {role_arn[:128]!r}")
+    return match.group(1)
+
+
+class RolePolicies(Protocol):
+    """One named inline policy per role: the seam between the enforcement loop and IAM."""
+
+    async def get(self, role: str, name: str) -> Mapping[str, Any] | None:
+        """The policy document, or None if the role has no policy of that name."""
+        ...
+
+    async def put(self, role: str, name: str, document: str) -> None: ...
+
+    async def delete(self, role: str, name: str) -> None:
+        """Remove the policy; an absent one is not an error."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,66 +11,24 @@ import re
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sentinel.credentials.aws import CLIENT_CONFIG
-from sentinel.errors import SentinelError
+from sentinel.revocation.errors import EnforcementError, IamRefused, PolicyFull
 
 if TYPE_CHECKING:
     from types_aiobotocore_iam import IAMClient
 
-# arn:<partition>:iam::<account>:role/<optional/path/>name
-_ROLE_ARN = re.compile(r"arn:[a-z-]+:iam::\d{12}:role/(?:[\x21-\x7e]*/)?([\w+=,.@-]{1,64})")
 # IAM error codes are short identifiers; nothing else from upstream reaches a message.
 _ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 
 
-class EnforcementError(SentinelError):
-    """AWS did not take (or could not be asked to take) the revocation policy."""
-
-
-class IamRefused(EnforcementError):
-    """An IAM call failed: `code` is the AWS error code (AccessDenied, ...) or the client error."""
-
-    def __init__(self, operation: str, role: str, code: str) -> None:
-        self.operation = operation
-        self.role = role
-        self.code = code
-        super().__init__(f"IAM {operation} on role {role} failed: {code}")
-
-
-class PolicyFull(EnforcementError):
-    """The revocation policy would not fit the role's inline-policy size limit."""
-
-
-def role_name(role_arn: str) -> str:
-    """The role's name (the last path segment of its ARN); `EnforcementError` if it is no role ARN."""
-    match = _ROLE_ARN.fullmatch(role_arn)
-    if match is None:
-        raise EnforcementError(f"not an IAM role ARN: {role_arn[:128]!r}")
-    return match.group(1)
-
-
-class RolePolicies(Protocol):
-    """One named inline policy per role: the seam between the enforcement loop and IAM."""
-
-    async def get(self, role: str, name: str) -> Mapping[str, Any] | None:
-        """The policy document, or None if the role has no policy of that name."""
-        ...
-
-    async def put(self, role: str, name: str, document: str) -> None: ...
-
-    async def delete(self, role: str, name: str) -> None:
-        """Remove the policy; an absent one is not an error."""
-        ...
-
-
 class IamRolePolicies:
-    """`RolePolicies` on a real IAM client (GetRolePolicy, PutRolePolicy, DeleteRolePolicy)."""
+    """`enforce.RolePolicies` on a real IAM client (GetRolePolicy, PutRolePolicy, DeleteRolePolicy)."""
 
     def __init__(self, client: IAMClient) -> None:
         self._client = client

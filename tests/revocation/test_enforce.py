@@ -20,12 +20,12 @@ from sentinel.revocation import (
     POLICY_NAME,
     EnforcementError,
     Enforcer,
-    IamRolePolicies,
     PolicyFull,
     RevocationDocument,
-    open_role_policies,
+    role_name,
 )
 from sentinel.revocation.document import round_up
+from sentinel.revocation.iam import IamRolePolicies, open_role_policies
 from sentinel.sessions.retry import Backoff
 from tests.revocation.roles import denied, new_role
 from tests.sessions.conftest import FakeClock
@@ -236,3 +236,23 @@ async def test_a_write_that_never_sticks_fails_after_the_bounded_attempts(
     assert racing.puts == 3
     assert "after 3 attempts" in str(caught.value)
     assert denied(aws_endpoint, role_arn) == {sid(START + timedelta(hours=1)): [BOB]}
+
+
+@pytest.mark.parametrize(
+    ("arn", "name"),
+    [
+        ("arn:aws:iam::123456789012:role/dev", "dev"),
+        ("arn:aws:iam::123456789012:role/teams/platform/deploy+ci", "deploy+ci"),
+        ("arn:aws-us-gov:iam::123456789012:role/x", "x"),
+    ],
+)
+def test_role_name_is_the_last_path_segment_of_a_role_arn(arn: str, name: str) -> None:
+    assert role_name(arn) == name
+
+
+@pytest.mark.parametrize(
+    "arn", ["arn:aws:iam::123456789012:user/alice", "arn:aws:sts::123456789012:assumed-role/dev/s", "dev", ""]
+)
+def test_anything_but_a_role_arn_is_refused_in_one_line(arn: str) -> None:
+    with pytest.raises(EnforcementError, match="not an IAM role ARN"):
+        role_name(arn)
