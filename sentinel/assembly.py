@@ -29,6 +29,7 @@ from sentinel.credentials import (
     CredentialCache,
     CredentialSource,
     StsRoleAssumer,
+    effective_duration,
     open_aws,
     resolve_user,
     role_session_name,
@@ -172,6 +173,10 @@ async def assemble(
             profile=identity.profile,
             server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
             source_identity=identity.source_identity,
+            # What `server-revoke` needs to deny these credentials on AWS, and for how long: no
+            # rule can raise a served lifetime above the server's own ceiling (issue 13).
+            role_arn=identity.role_arn,
+            credential_lifetime=int(effective_duration(config.server_duration, None).total_seconds()),
         )
         store = await _open_store(config, stack, hooks, upstream)
         tracker = _tracker(config, hooks, store, template, registry)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import orjson
@@ -31,12 +31,17 @@ from sentinel.sessions.model import (
     validate_session_id,
 )
 
+if TYPE_CHECKING:
+    from sentinel.admin import EnforcementState, Revoked
+
 T = TypeVar("T")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
+EXIT_NOT_ENFORCED = 5  # server-revoke: revoked in the store, but AWS refused (or was not reached)
+EXIT_POLICY_FULL = 6  # server-revoke: revoked in the store, the role's revocation policy is full
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure logs it as a configuration problem
 EXIT_NOT_EXECUTABLE = 126  # exec: what shells and env(1) return for a command that cannot run
@@ -62,10 +67,18 @@ def exit_code_for(error: SentinelError) -> int:
         return EXIT_COMMAND_NOT_FOUND
     if isinstance(error, CommandNotExecutable):
         return EXIT_NOT_EXECUTABLE
-    from sentinel.admin import UsageError
+    from sentinel.admin import NoActiveSessions, UsageError
 
     if isinstance(error, UsageError):
         return EXIT_USAGE
+    if isinstance(error, NoActiveSessions):
+        return EXIT_NOT_FOUND
+    from sentinel.revocation.errors import EnforcementError, PolicyFull
+
+    if isinstance(error, PolicyFull):
+        return EXIT_POLICY_FULL
+    if isinstance(error, EnforcementError):
+        return EXIT_NOT_ENFORCED
     return EXIT_FAILURE
 
 
@@ -117,12 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(show, STORE_FIELDS)
     show.add_argument("session_id", metavar="ID")
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--no-enforce", action="store_true", help="do not ask IAM whether a revocation is enforced"
+    )
     show.set_defaults(handler=_cmd_session)
 
-    revoke = commands.add_parser("server-revoke", help="revoke a server session")
+    revoke = commands.add_parser(
+        "server-revoke", help="revoke server sessions and deny their credentials on AWS"
+    )
     _add_options(revoke, STORE_FIELDS)
-    revoke.add_argument("session_id", metavar="ID")
+    revoke.add_argument("session_id", metavar="ID", nargs="?")
+    revoke.add_argument("--user", metavar="NAME", help="revoke every active session of this user")
     revoke.add_argument("--reason", required=True)
+    revoke.add_argument(
+        "--no-enforce", action="store_true", help="revoke in the store only; leave the role's policy alone"
+    )
     revoke.add_argument("--json", action="store_true")
     revoke.set_defaults(handler=_cmd_revoke)
 
@@ -200,8 +222,10 @@ def format_table(sessions: Sequence[ServerSession], now: datetime | None = None)
     return "\n".join(lines)
 
 
-def format_detail(session: ServerSession) -> str:
-    record = session.to_record()
+def format_detail(session: ServerSession, enforcement: EnforcementState | None = None) -> str:
+    record: dict[str, Any] = dict(session.to_record())
+    if enforcement is not None:
+        record["enforcement"] = _describe_state(enforcement)
     width = max(len(key) for key in record)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in record.items())
 
@@ -239,35 +263,90 @@ def _cmd_session(args: argparse.Namespace) -> int:
     config = _config(args, STORE_FIELDS)
     validate_session_id(args.session_id)  # before the store: a typo creates no database file
 
-    async def work() -> ServerSession:
+    async def work() -> tuple[ServerSession, admin.EnforcementState | None]:
         async with admin.store_for(config) as store:
-            return await admin.get_session(store, args.session_id)
+            session = await admin.get_session(store, args.session_id)
+        state = None if args.no_enforce else await admin.enforcement_state(config, session)
+        return session, state
 
-    session = _run(work)
+    session, state = _run(work)
     if args.json:
-        _json(_session_record(session))
+        record = _session_record(session)
+        if state is not None:
+            record["enforcement"] = _state_record(state)
+        _json(record)
     else:
-        _out(format_detail(session))
+        _out(format_detail(session, state))
     return 0
+
+
+def _state_record(state: EnforcementState) -> dict[str, Any]:
+    return {
+        "state": state.state,
+        "role_arn": state.role_arn,
+        "until": format_timestamp(state.until) if state.until else None,
+        "detail": state.detail,
+    }
+
+
+def _describe_state(state: EnforcementState) -> str:
+    if state.state == "enforced":
+        return f"enforced on AWS until {_short_time(state.until)} UTC (role {state.role_arn})"
+    return f"{state.state.replace('-', ' ')} (role {state.role_arn}): {state.detail}"
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
     from sentinel import admin
 
     config = _config(args, STORE_FIELDS)
-    session_id, reason = admin.revocation_arguments(args.session_id, args.reason)
+    session_id, reason = admin.revocation_arguments(args.session_id, args.reason, args.user)
 
-    async def work() -> ServerSession:
+    async def work() -> list[admin.Revoked]:
         async with admin.store_for(config) as store:
+            ids = [session_id] if session_id else await admin.active_session_ids(store, args.user)
             by = await admin.revoker_identity(config)
-            return await admin.revoke_session(store, session_id, reason, by)
+            async with admin.enforcer_for(config, enforce=not args.no_enforce) as enforcer:
+                return await admin.revoke_sessions(store, enforcer, ids, reason, by)
 
-    session = _run(work)
+    results = _run(work)
     if args.json:
-        _json(_session_record(session))
+        records = [_revoked_record(result) for result in results]
+        _json(records[0] if session_id else records)
     else:
-        _out(f"revoked session {session.id} (user {session.user}, profile {session.profile})")
-    return 0
+        for result in results:
+            _out(_revoked_lines(result))
+    failures = [result for result in results if result.error is not None]
+    for failure in failures:
+        line = f"session {failure.session.id} revoked in the store but not enforced on AWS: {failure.error}"
+        sys.stderr.write(logs.error_line(line, "text") + "\n")
+    return max((exit_code_for(failure.error) for failure in failures if failure.error), default=0)
+
+
+def _revoked_record(result: Revoked) -> dict[str, Any]:
+    record = _session_record(result.session)
+    if result.session.role_arn is None:
+        return record  # nothing to enforce on: the record alone, as before issue 13
+    record["enforcement"] = {
+        "role_arn": result.session.role_arn,
+        "enforced_until": format_timestamp(result.enforced_until) if result.enforced_until else None,
+        "skipped": result.skipped,
+        "error": str(result.error) if result.error else None,
+    }
+    return record
+
+
+def _revoked_lines(result: Revoked) -> str:
+    session = result.session
+    verb = "session {} was already revoked" if result.already_revoked else "revoked session {}"
+    lines = [f"{verb.format(session.id)} (user {session.user}, profile {session.profile})"]
+    if result.enforced_until is not None:
+        lines.append(
+            f"  enforced on AWS: role {session.role_arn} denies SourceIdentity {session.source_identity}"
+            f" until {_short_time(result.enforced_until)} UTC"
+        )
+    elif result.skipped == "--no-enforce":
+        lines.append("  not enforced on AWS (--no-enforce)")
+    return "\n".join(lines)
 
 
 def _cmd_expire_stale(args: argparse.Namespace) -> int:

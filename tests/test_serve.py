@@ -272,7 +272,9 @@ def test_json_logs_are_json_lines_and_never_carry_secrets(
         served.process.send_signal(signal.SIGHUP)
         served.process.wait_for_line(r'"level":"error"')
         revoke = run_sentinel(
-            ["server-revoke", served.session_id, "--reason", "json test", "--session-db", str(db)], env
+            ["server-revoke", served.session_id, "--reason", "json test", "--session-db", str(db)],
+            # An admin with AWS credentials: the revocation is also enforced on the role (issue 13).
+            {**env, "AWS_PROFILE": "base"},
         )
         assert revoke.returncode == 0, revoke.stderr
         wait_until(lambda: served.credentials()[0] == 403, "the revocation to reach the server")
@@ -318,7 +320,8 @@ def test_revocation_from_another_process_reaches_the_server_and_sticks(
         for served in (a, b):
             result = run_sentinel(
                 ["server-revoke", served.session_id, "--reason", "laptop stolen", "--session-db", str(db)],
-                env,
+                # An admin with AWS credentials: the revocation is also enforced on the role (issue 13).
+                {**env, "AWS_PROFILE": "base"},
             )
             assert result.returncode == 0, result.stderr
         revoked = (403, {"Message": "session revoked"})

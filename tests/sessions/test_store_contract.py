@@ -107,6 +107,22 @@ async def test_revoked_fields_round_trip(store: SessionStore, clock: FakeClock) 
     assert await store.get(session.id) == session
 
 
+async def test_role_and_credential_lifetime_round_trip_and_survive_revoke(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """1. create a session with role_arn and credential_lifetime. 2. get returns them. 3. touch and
+    revoke keep them (an AWS-side revocation needs both after the fact, issue 13)."""
+    session = make_session(clock).with_changes(
+        role_arn="arn:aws:iam::123456789012:role/dev", credential_lifetime=43200
+    )
+    await store.create(session)
+    assert await store.get(session.id) == session
+    await store.touch(session.id, 2, clock.now())
+    revoked = await store.revoke(session.id, "admin", "lost laptop")
+    assert (revoked.role_arn, revoked.credential_lifetime) == (session.role_arn, 43200)
+    assert await store.get(session.id) == revoked
+
+
 async def test_timestamps_round_trip_as_utc_aware_datetimes(store: SessionStore, clock: FakeClock) -> None:
     """1. create a session whose timestamps carry a +05:30 offset and odd microseconds.
     2. get it: the same instants, in UTC, to the microsecond."""
