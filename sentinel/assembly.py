@@ -41,7 +41,6 @@ from sentinel.pipeline import Identity, Pipeline
 from sentinel.policy import FilePolicySource, Mode, PolicySource, PolicyWatcher, SsmPolicySource
 from sentinel.server.listener import Server, start_server
 from sentinel.server.service import CredentialService
-from sentinel.sessions.errors import SessionStoreError
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, new_session_id
 from sentinel.sessions.null_tracker import NullTracker
@@ -107,7 +106,7 @@ class Assembly:
     pipeline: Pipeline
     cache: CredentialCache
     tracker: Tracker
-    store: SessionStore | None  # as wrapped by `Hooks.wrap_store`
+    slot: StoreSlot  # the session store once open, as wrapped by `Hooks.wrap_store`
     watcher: PolicyWatcher
     audit: DecisionLog
     registry: Registry
@@ -122,6 +121,11 @@ class Assembly:
         if self.server is None:
             raise RuntimeError("started without a listener")
         return self.server
+
+    @property
+    def store(self) -> SessionStore | None:
+        """The session store (as wrapped by `Hooks.wrap_store`), once it has been opened."""
+        return self.slot.store
 
     async def shutdown(self) -> ShutdownSummary:
         """stop listening -> finish connections -> drain + flush + expire -> close the decision log.
@@ -178,8 +182,8 @@ async def assemble(
             role_arn=identity.role_arn,
             credential_lifetime=int(effective_duration(config.server_duration, None).total_seconds()),
         )
-        store = await _open_store(config, stack, hooks, upstream)
-        tracker = _tracker(config, hooks, store, template, registry)
+        slot = StoreSlot()
+        tracker = await _tracker(config, stack, hooks, upstream, slot, template, registry)
         audit = open_decision_log(config.decision_log, registry=registry)
         pipeline = Pipeline(
             identity=identity,
@@ -221,7 +225,7 @@ async def assemble(
                 pipeline=pipeline,
                 cache=cache,
                 tracker=tracker,
-                store=store,
+                slot=slot,
                 watcher=watcher,
                 audit=audit,
                 registry=registry,
@@ -291,42 +295,55 @@ async def _open_upstream(
     return _Upstream(caller.user, profile, aws.role_arn, aws.plan.region, assume, aws.session)
 
 
-async def _open_store(
-    config: ServerConfig, stack: AsyncExitStack, hooks: Hooks, upstream: _Upstream
-) -> SessionStore | None:
-    if config.no_session_tracking:
-        return None
-    try:
-        store = await open_store(
-            session_table=config.session_table,
-            session_db=config.session_db,
-            region=upstream.region,
-            session=upstream.aws_session,
-        )
-    except SessionStoreError as exc:
-        # Best-effort tracking: a store we cannot even open must not stop credential serving.
-        _log.warning("session tracking disabled: %s", exc)
-        return None
-    stack.push_async_callback(_shielded, store.aclose)
-    return hooks.wrap_store(store)
+class StoreSlot:
+    """Where the session store lands once it is open: the tracker opens it in the background."""
+
+    __slots__ = ("store",)
+
+    def __init__(self) -> None:
+        self.store: SessionStore | None = None
 
 
-def _tracker(
+async def _tracker(
     config: ServerConfig,
+    stack: AsyncExitStack,
     hooks: Hooks,
-    store: SessionStore | None,
+    upstream: _Upstream,
+    slot: StoreSlot,
     template: ServerSession,
     registry: Registry,
 ) -> Tracker:
-    if store is None or not hooks.track:
+    """The session tracker, which opens the store itself and retries while it cannot (issue 10):
+    a store that is locked, corrupt or unreachable at startup degrades tracking, never disables
+    it for the life of the process."""
+    if config.no_session_tracking:
+        return NullTracker()
+
+    async def open_wrapped() -> SessionStore:
+        store = hooks.wrap_store(
+            await open_store(
+                session_table=config.session_table,
+                session_db=config.session_db,
+                region=upstream.region,
+                session=upstream.aws_session,
+            )
+        )
+        slot.store = store
+        return store
+
+    if not hooks.track:
+        # Bench scenario g (the inline-touch baseline) wants the store and no tracker.
+        store = await open_wrapped()
+        stack.push_async_callback(_shielded, store.aclose)
         return NullTracker()
     return SessionTracker(
-        store,
+        open_wrapped,
         template,
         registry=registry,
         queue_size=config.queue_size,
         flush_interval=config.flush_interval,
         revocation_poll=config.revocation_poll,
+        staleness_limit=config.revocation_staleness_limit,
     )
 
 

@@ -173,6 +173,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_size", _int_range(1, 10_000_000), 10_000, "touch queue size"),
     Option("revocation_poll", _seconds, 2.0, "idle revocation poll interval"),
     Option("shutdown_timeout", _seconds, 5.0, "deadline for graceful shutdown"),
+    Option(
+        "revocation_staleness_limit",
+        _seconds,
+        None,
+        "refuse credentials (503) after this long without an answer from the session store (off)",
+    ),
     Option("lazy", _bool, False, "do not prefetch credentials at startup", flag_kind="switch"),
     Option("env_file", _path, None, "write an EnvironmentFile= for workloads", metavar="PATH"),
     Option("log_format", _log_format, "text", "log format: text or json", metavar="text|json"),
@@ -207,6 +213,7 @@ class ServerConfig:
     queue_size: int = _DEFAULTS["queue_size"]
     revocation_poll: float = _DEFAULTS["revocation_poll"]
     shutdown_timeout: float = _DEFAULTS["shutdown_timeout"]
+    revocation_staleness_limit: float | None = _DEFAULTS["revocation_staleness_limit"]
     lazy: bool = _DEFAULTS["lazy"]
     env_file: Path | None = _DEFAULTS["env_file"]
     log_format: str = _DEFAULTS["log_format"]
@@ -292,6 +299,8 @@ def _validate(config: ServerConfig) -> None:
         raise ConfigError("--session-table and --session-db are mutually exclusive")
     if config.server_duration < timedelta(minutes=15) or config.server_duration > timedelta(hours=12):
         raise ConfigError("--server-duration: must be between 15m (the STS minimum) and 12h")
-    for name in ("flush_interval", "revocation_poll", "shutdown_timeout", "policy_refresh"):
-        if getattr(config, name) <= 0:
+    positive = ("flush_interval", "revocation_poll", "shutdown_timeout", "policy_refresh")
+    for name in (*positive, "revocation_staleness_limit"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
             raise ConfigError(f"{OPTIONS_BY_FIELD[name].flag}: must be greater than zero")

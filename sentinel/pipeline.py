@@ -23,6 +23,9 @@ from sentinel.sessions.tracker import Tracker
 
 REVOKED_MESSAGE = "session revoked"
 UNAVAILABLE_MESSAGE = "credentials unavailable"
+# Issue 10: with --revocation-staleness-limit, a server that has not heard from its session store
+# for that long cannot know whether it was revoked, and refuses rather than serve blind.
+STALE_MESSAGE = "session store unreachable: revocation status unknown"
 
 
 def error_reply(status: int, message: str) -> Reply:
@@ -71,6 +74,7 @@ class Pipeline:
         # Issue 10: the gate says why: "session revoked", or "session record missing".
         self._revoked_replies: dict[str, Reply] = {}
         self._unavailable_reply = error_reply(500, UNAVAILABLE_MESSAGE)
+        self._stale_reply = error_reply(503, STALE_MESSAGE)
         # One Reply per credentials object: a cache hit allocates nothing new for the body.
         self._last_credentials: Credentials | None = None
         self._last_reply: Reply | None = None
@@ -125,9 +129,12 @@ class Pipeline:
             self._audit_entry(decision, 500, cache_hit=False)
             return self._unavailable_reply
         # Revocation may have landed while we waited on STS: check the gate again.
-        if self._tracker.revoked:
+        tracker = self._tracker
+        if tracker.revoked:
             self._decisions.inc("revoked")
             return self._refuse_revoked(decision, cache_hit=cache_hit)
+        if tracker.stale:
+            return self._refuse_stale(decision, cache_hit=cache_hit)
         return self._allow(decision, credentials, cache_hit=cache_hit)
 
     def health(self) -> Reply:
@@ -141,6 +148,10 @@ class Pipeline:
                 "id": self._identity.session_id,
                 "revoked": tracker.revoked,
                 "tracking": "degraded" if tracker.degraded else "ok",
+                "tracking_problem": tracker.degraded_reason if tracker.degraded else None,
+                # How old this server's view of a revocation may be (issue 10 item 7).
+                "revocation_staleness_seconds": round(self._tracker.revocation_staleness(), 3),
+                "stale": tracker.stale,
                 "created": tracker.session_created,
                 "pending": tracker.pending,
                 "dropped": tracker.dropped,
@@ -172,12 +183,20 @@ class Pipeline:
             self._decisions.inc("deny")
             self._audit_entry(decision, 403, cache_hit=False)
             return self._denial(decision)
-        if self._tracker.revoked:
+        tracker = self._tracker
+        if tracker.revoked:
             self._decisions.inc("revoked")
             return self._refuse_revoked(decision, cache_hit=False)
+        if tracker.stale:  # a plain attribute, set by the tracker's staleness watch
+            return self._refuse_stale(decision, cache_hit=False)
         # An allow is counted where the request ends (_allow, or the failure paths of issue()):
         # a cold request passes through here twice, once in issue_nowait and once in issue.
         return decision, self._key(decision.max_server_duration)
+
+    def _refuse_stale(self, decision: Decision, *, cache_hit: bool) -> Reply:
+        self._decisions.inc("stale")
+        self._audit_entry(decision, 503, cache_hit=cache_hit, reason=STALE_MESSAGE)
+        return self._stale_reply
 
     def _refuse_revoked(self, decision: Decision, *, cache_hit: bool) -> Reply:
         message = self._tracker.revoked_reason or REVOKED_MESSAGE

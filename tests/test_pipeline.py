@@ -31,6 +31,7 @@ from sentinel.policy import Mode, PolicyWatcher
 from sentinel.server import Server
 from sentinel.sessions.errors import SessionNotFound
 from sentinel.sessions.model import ServerSession, SessionStatus
+from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker
 from tests.sessions.conftest import FakeClock
@@ -174,7 +175,9 @@ async def test_a_slow_store_does_not_slow_requests(aws_files: None, tmp_path: Pa
         wired.store.heal()  # the call already sleeping still finishes its 2 s
         summary = await wired.tracker.shutdown(DEADLINE)
         assert (summary.dropped, summary.unflushed, summary.expired) == (0, 0, True)
-        record = await wired.store.inner.get(wired.template.id)
+        # The tracker opened the store, so its shutdown closed it: read the file afresh.
+        async with await SqliteSessionStore.open(tmp_path / "sessions.db") as reader:
+            record = await reader.get(wired.template.id)
         assert (record.status, record.request_count) == (SessionStatus.EXPIRED, 601)
 
 

@@ -190,6 +190,10 @@ class SessionTracker:
         self._summary: ShutdownSummary | None = None
         if registry is not None:
             export_metrics(registry, self.statistics)
+            registry.gauge(
+                "session_revocation_staleness_seconds",
+                "Seconds since the session store last answered: how old the revocation view may be.",
+            ).set_function(self.revocation_staleness)
 
     # -- hot path ------------------------------------------------------------------------------
 
