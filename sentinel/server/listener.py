@@ -162,6 +162,10 @@ async def start_server(
             host=address,
             port=port,
             reuse_address=True,
+            # A whole listener's worth of connection attempts (the kernel caps it at somaxconn):
+            # with asyncio's default of 100, a burst overflows the queue, the kernel drops the
+            # handshakes and they arrive a second later, out of order (issue 11).
+            backlog=max(100, limits.max_connections),
         )
     except OSError as exc:
         raise ServerConfigError(f"cannot listen on {address} port {port}: {exc.strerror}") from exc

@@ -19,7 +19,7 @@ from sentinel.server.peer import AllowedUsers, PeerCredentials, UserGate
 from sentinel.server.service import Caller, Reply
 from tests.server.client import DEADLINE, Client, Connect, Serve, eventually, fetch, request
 from tests.server.services import FixedService
-from tests.support.other_user import other_user
+from tests.support.other_user import ASK_OVER_HTTP, other_user
 
 # Deadlines far beyond these tests, so a slow machine cannot close a silent connection mid-test.
 _PATIENT = {"auth_timeout": 60.0, "header_timeout": 60.0}
@@ -123,19 +123,6 @@ async def test_authenticated_connections_are_never_evicted(serve: Serve, connect
 
 # -- --allow-user -------------------------------------------------------------------------------
 
-# A second user's client: sends stdin's request (so no token sits in argv), prints the status line
-# and whether the server said it closes.
-_ASK = """
-import socket, sys
-request = sys.stdin.buffer.read()
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as client:
-    client.sendall(request)
-    data = b""
-    while chunk := client.recv(65536):
-        data += chunk
-print(data.split(b"\\r\\n")[0].decode(), "close" if b"Connection: close" in data else "open", flush=True)
-"""
-
 # A second user's flood: opens N silent connections, says so, holds them until stdin closes.
 _HOLD = """
 import socket, sys
@@ -173,7 +160,7 @@ async def test_allow_user_refuses_nobody_and_serves_the_allowed_user(serve: Serv
     with peers:
         server = await serve(service, users=gate)
         helper = await asyncio.create_subprocess_exec(
-            *user.python(_ASK, "127.0.0.1", str(server.port)),
+            *user.python(ASK_OVER_HTTP, "127.0.0.1", str(server.port)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
