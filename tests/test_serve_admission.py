@@ -113,58 +113,41 @@ def test_1024_tokenless_sockets_do_not_stop_the_workload(
         assert answers == {b"": ATTACKERS - evicted}
 
 
+def _callers(decisions: Path) -> list[tuple[int, int | None, str | None]]:
+    """(status, caller_uid, caller_user) of every decision logged."""
+    entries = [json.loads(line) for line in decisions.read_text().splitlines()]
+    return [(entry["status"], entry["caller_uid"], entry["caller_user"]) for entry in entries]
+
+
+@pytest.mark.parametrize("allow_user", [True, False], ids=["allow-user-root", "no-allow-user"])
 def test_allow_user_refuses_nobody_and_serves_the_allowed_user_through_serve(
-    env: dict[str, str], tmp_path: Path, policy: Path
+    env: dict[str, str], tmp_path: Path, policy: Path, allow_user: bool
 ) -> None:
-    """1. serve --allow-user root (by name) with a decision log.
-    2. `nobody` asks with the right token: 403 with `Connection: close`, and no decision is
-       logged for it (refused before the policy).
-    3. We (root) ask: 200, and the one decision logged names uid 0 and user root.
+    """1. serve with a decision log, with `--allow-user root` (by name) or without the option.
+    2. `nobody` asks with the right token: with the option, 403 with `Connection: close` and no
+       decision logged for it (refused before the policy); without, it is served like anyone.
+    3. We (root) ask: 200; the decision names uid 0 and user root, or null for both without the
+       option (nothing is looked up then).
     """
     user = other_user()
     decisions = tmp_path / "decisions.jsonl"
-    with serving(
-        env,
-        tmp_path / "run",
-        "--policy-file",
-        str(policy),
-        "--no-session-tracking",
-        "--decision-log",
-        str(decisions),
-        "--allow-user",
-        "root",
-    ) as served:
-        refused = subprocess.run(
+    args = ["--policy-file", str(policy), "--no-session-tracking", "--decision-log", str(decisions)]
+    with serving(env, tmp_path / "run", *args, *(["--allow-user", "root"] if allow_user else [])) as served:
+        asked = subprocess.run(
             user.python(ASK_OVER_HTTP, "127.0.0.1", str(served.port)),
-            input=f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {served.token}\r\n\r\n".encode(),
+            input=f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {served.token}\r\n"
+            "Connection: close\r\n\r\n".encode(),
             capture_output=True,
             timeout=30,
             check=True,
         )
-        assert refused.stdout.decode().strip() == "HTTP/1.1 403 Forbidden close"
         assert served.credentials()[0] == 200
         assert served.process.stop() == 0
-    entries = [json.loads(line) for line in decisions.read_text().splitlines()]
-    assert [(e["status"], e["caller_uid"], e["caller_user"]) for e in entries] == [(200, 0, "root")]
-    assert "only connections of root (uid 0) get credentials" in served.process.stderr
-
-
-def test_without_allow_user_the_decision_log_has_no_caller(
-    env: dict[str, str], tmp_path: Path, policy: Path
-) -> None:
-    """Without --allow-user nothing is looked up: the entry's caller fields are null."""
-    decisions = tmp_path / "decisions.jsonl"
-    with serving(
-        env,
-        tmp_path / "run",
-        "--policy-file",
-        str(policy),
-        "--no-session-tracking",
-        "--decision-log",
-        str(decisions),
-    ) as served:
-        assert served.credentials()[0] == 200
-        assert served.process.stop() == 0
-    entries = [json.loads(line) for line in decisions.read_text().splitlines()]
-    assert [(e["status"], e["caller_uid"], e["caller_user"]) for e in entries] == [(200, None, None)]
-    assert "only connections of" not in served.process.stderr
+    if allow_user:
+        assert asked.stdout.decode().strip() == "HTTP/1.1 403 Forbidden close"
+        assert _callers(decisions) == [(200, 0, "root")]
+        assert "only connections of root (uid 0) get credentials" in served.process.stderr
+    else:
+        assert asked.stdout.decode().strip() == "HTTP/1.1 200 OK close"
+        assert _callers(decisions) == [(200, None, None), (200, None, None)]
+        assert "only connections of" not in served.process.stderr
