@@ -226,7 +226,10 @@ class ServerState:
         self.connections.add(connection)
         self._unauthenticated[connection] = uid
         if self.users is not None:
-            self._per_user.setdefault(uid, OrderedDict())[connection] = None
+            mine = self._per_user.get(uid)
+            if mine is None:
+                mine = self._per_user[uid] = OrderedDict()
+            mine[connection] = None
         self.connections_accepted += 1
         self._no_connections.clear()
         return True

@@ -83,6 +83,28 @@ async def test_an_authenticated_connection_outlives_the_auth_deadline(serve: Ser
     assert server.statistics().connections_accepted == 2
 
 
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (request("/", version="HTTP/2.0"), 505),
+        (request("/", version="HTTP/2.0", headers=[("Connection", "keep-alive")]), 505),
+        (request("/", host="evil.example"), 403),
+        (request("/", headers=[("Via", "1.1 proxy")]), 403),
+    ],
+    ids=["http-2.0", "http-2.0-keep-alive", "host", "via"],
+)
+async def test_an_authenticated_connection_is_closed_by_version_host_and_marker_refusals(
+    server: Server, connect: Connect, data: bytes, status: int
+) -> None:
+    """After a 200 the connection takes the fast path; a request line it does not speak or a
+    browser/proxy/rebinding marker still gets its refusal, and the connection closes."""
+    client = await connect(server)
+    assert (await client.exchange(request("/"))).status == 200
+    response = await client.exchange(data)
+    assert (response.status, response.closes) == (status, True)
+    assert await client.closed()
+
+
 async def test_a_full_listener_evicts_the_oldest_unauthenticated_connection(
     serve: Serve, connect: Connect
 ) -> None:
