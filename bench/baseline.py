@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.pipeline import REVOKED_MESSAGE, Pipeline, error_reply
-from sentinel.server.service import Reply
+from sentinel.server.service import Caller, Reply
 from sentinel.sessions.errors import SessionStoreError
 from sentinel.sessions.model import SessionStatus
 from sentinel.sessions.store import SessionStore
@@ -31,10 +31,10 @@ class InlineTouchService:
         # The old design failed closed on store errors: no session record, no credentials.
         self._unavailable = error_reply(503, "session store unavailable")
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         return None  # every request waits on the store: there is no synchronous answer
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         try:
             await self._store.touch(self._session_id, 1, self._clock.now())
             session = await self._store.get(self._session_id)
@@ -42,7 +42,7 @@ class InlineTouchService:
             return self._unavailable
         if session.status is not SessionStatus.ACTIVE:
             return self._revoked
-        return await self._pipeline.issue()
+        return await self._pipeline.issue(caller)
 
     def health(self) -> Reply:
         return self._pipeline.health()

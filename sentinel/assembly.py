@@ -40,6 +40,7 @@ from sentinel.metrics import Registry
 from sentinel.pipeline import Identity, Pipeline
 from sentinel.policy import FilePolicySource, Mode, PolicySource, PolicyWatcher, SsmPolicySource
 from sentinel.server.listener import Server, start_server
+from sentinel.server.peer import open_user_gate
 from sentinel.server.service import CredentialService
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, new_session_id
@@ -157,6 +158,8 @@ async def assemble(
     cut it short and replaced any exception in flight."""
     registry = Registry()
     async with AsyncExitStack() as stack:
+        # First: a bad --allow-user fails the start before any AWS call (exit 78).
+        users = stack.enter_context(open_user_gate(config.allow_user)) if listen else None
         watcher = await _open_policy(config, stack)
         upstream = await _open_upstream(config, stack, hooks.credentials)
         session_id = new_session_id()
@@ -202,7 +205,7 @@ async def assemble(
         if listen:
             service = hooks.wrap_service(pipeline)
             server = await start_server(
-                service, token=token, host=config.host, port=config.port, metrics=registry
+                service, token=token, host=config.host, port=config.port, metrics=registry, users=users
             )
         async with anyio.create_task_group() as background:
             await background.start(tracker.run)

@@ -75,6 +75,9 @@ class DecisionEntry:
     role_arn: str | None = None
     expiration: datetime | None = None
     cache_hit: bool | None = None
+    # The local user on the other end of the connection (`--allow-user`, issue 11); None without it.
+    caller_uid: int | None = None
+    caller_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

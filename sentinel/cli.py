@@ -97,6 +97,10 @@ def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
             parser.add_argument(
                 option.flag, dest=option.field, action="store_const", const=True, help=option.help
             )
+        elif option.flag_kind == "list":
+            parser.add_argument(
+                option.flag, dest=option.field, action="append", metavar=option.metavar, help=option.help
+            )
         else:
             parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, help=option.help)
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file with option defaults")

@@ -27,6 +27,8 @@ _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-/]{1,2048}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
 _PROFILE = re.compile(r"[\w+=,.@:/-]{1,128}")
+# A uid, or a user name as useradd accepts it (a trailing $ for Samba machine accounts).
+_USER = re.compile(r"\d{1,10}|[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
 # One year: far above any interval or lifetime Sentinel accepts, far below timedelta's limit.
 _MAX_DURATION_SECONDS = 365 * 24 * 3600.0
 
@@ -128,6 +130,24 @@ def _decision_log(value: Any) -> str:
     return value
 
 
+def _users(value: Any) -> tuple[str, ...]:
+    """`--allow-user` (repeatable), a TOML list, or `SENTINEL_ALLOW_USER=a,b`: names or uids,
+    checked for shape here; resolved to uids at startup, where an unknown name is an error."""
+    items = value if isinstance(value, list | tuple) else [value]
+    users: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise ValueError(f"expected user names or uids, not {type(item).__name__}")
+        for part in str(item).split(","):
+            text = part.strip()
+            if _USER.fullmatch(text) is None:
+                raise ValueError(f"{text[:80]!r} is not a user name or uid")
+            users.append(text)
+    if not users:
+        raise ValueError("expected at least one user name or uid")
+    return tuple(users)
+
+
 def check_loopback_host(value: Any) -> str:
     """`--host`: a loopback literal (IPv6 may be bracketed) or localhost."""
     if not isinstance(value, str):
@@ -143,7 +163,8 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
-    flag_kind: Literal["value", "switch"] = "value"
+    # "list": a repeatable flag; comma-separated in the environment, a list in TOML.
+    flag_kind: Literal["value", "switch", "list"] = "value"
     metavar: str | None = None
 
     @property
@@ -165,6 +186,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("policy_refresh", _seconds, 30.0, "how often the policy is re-read (e.g. 30s)"),
     Option("host", check_loopback_host, "127.0.0.1", "loopback address to bind"),
     Option("port", _int_range(0, 65535), 0, "port to bind (0 = ephemeral)"),
+    Option(
+        "allow_user",
+        _users,
+        (),
+        "only this local user's connections get credentials (repeatable; Linux)",
+        flag_kind="list",
+        metavar="NAME|UID",
+    ),
     Option("token_file", _path, None, "where serve writes the token (mode 0600)", metavar="PATH"),
     Option("server_duration", _duration, timedelta(minutes=15), "lifetime of served credentials"),
     Option("server_instance_id", _pattern(_INSTANCE_ID, "server instance id"), None, "stable instance id"),
@@ -205,6 +234,7 @@ class ServerConfig:
     policy_refresh: float = _DEFAULTS["policy_refresh"]
     host: str = _DEFAULTS["host"]
     port: int = _DEFAULTS["port"]
+    allow_user: tuple[str, ...] = _DEFAULTS["allow_user"]
     token_file: Path | None = _DEFAULTS["token_file"]
     server_duration: timedelta = _DEFAULTS["server_duration"]
     server_instance_id: str | None = _DEFAULTS["server_instance_id"]

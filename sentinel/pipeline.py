@@ -18,7 +18,7 @@ from sentinel.credentials import CacheKey, CredentialCache, Credentials, effecti
 from sentinel.errors import CredentialError
 from sentinel.metrics import Registry
 from sentinel.policy import Decision, Mode, Policy, PolicyRequest, PolicyWatcher, evaluate
-from sentinel.server.service import JSON, PROMETHEUS_TEXT, Reply
+from sentinel.server.service import JSON, PROMETHEUS_TEXT, Caller, Reply
 from sentinel.sessions.tracker import Tracker
 
 REVOKED_MESSAGE = "session revoked"
@@ -106,18 +106,18 @@ class Pipeline:
 
     # -- CredentialService --------------------------------------------------------------------
 
-    def issue_nowait(self) -> Reply | None:
-        outcome = self._decide()
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
+        outcome = self._decide(caller)
         if isinstance(outcome, Reply):
             return outcome
         decision, key = outcome
         credentials = self._cache.get_nowait(key)
         if credentials is None:
             return None
-        return self._allow(decision, credentials, cache_hit=True)
+        return self._allow(decision, credentials, cache_hit=True, caller=caller)
 
-    async def issue(self) -> Reply:
-        outcome = self._decide()
+    async def issue(self, caller: Caller | None = None) -> Reply:
+        outcome = self._decide(caller)
         if isinstance(outcome, Reply):
             return outcome
         decision, key = outcome
@@ -126,16 +126,16 @@ class Pipeline:
         except CredentialError:
             # The cache has logged the cause; the caller learns nothing about upstream errors.
             self._decisions.inc("allow")
-            self._audit_entry(decision, 500, cache_hit=False)
+            self._audit_entry(decision, 500, cache_hit=False, caller=caller)
             return self._unavailable_reply
         # Revocation may have landed while we waited on STS: check the gate again.
         tracker = self._tracker
         if tracker.revoked:
             self._decisions.inc("revoked")
-            return self._refuse_revoked(decision, cache_hit=cache_hit)
+            return self._refuse_revoked(decision, cache_hit=cache_hit, caller=caller)
         if tracker.stale:
-            return self._refuse_stale(decision, cache_hit=cache_hit)
-        return self._allow(decision, credentials, cache_hit=cache_hit)
+            return self._refuse_stale(decision, cache_hit=cache_hit, caller=caller)
+        return self._allow(decision, credentials, cache_hit=cache_hit, caller=caller)
 
     def health(self) -> Reply:
         tracker = self._tracker.statistics()
@@ -176,31 +176,31 @@ class Pipeline:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _decide(self) -> Reply | tuple[Decision, CacheKey]:
+    def _decide(self, caller: Caller | None) -> Reply | tuple[Decision, CacheKey]:
         """Steps 2 and 3: the policy, then the session gate (local state only)."""
         decision = self._evaluate()
         if not decision.allowed:
             self._decisions.inc("deny")
-            self._audit_entry(decision, 403, cache_hit=False)
+            self._audit_entry(decision, 403, cache_hit=False, caller=caller)
             return self._denial(decision)
         tracker = self._tracker
         if tracker.revoked:
             self._decisions.inc("revoked")
-            return self._refuse_revoked(decision, cache_hit=False)
+            return self._refuse_revoked(decision, cache_hit=False, caller=caller)
         if tracker.stale:  # a plain attribute, set by the tracker's staleness watch
-            return self._refuse_stale(decision, cache_hit=False)
+            return self._refuse_stale(decision, cache_hit=False, caller=caller)
         # An allow is counted where the request ends (_allow, or the failure paths of issue()):
         # a cold request passes through here twice, once in issue_nowait and once in issue.
         return decision, self._key(decision.max_server_duration)
 
-    def _refuse_stale(self, decision: Decision, *, cache_hit: bool) -> Reply:
+    def _refuse_stale(self, decision: Decision, *, cache_hit: bool, caller: Caller | None) -> Reply:
         self._decisions.inc("stale")
-        self._audit_entry(decision, 503, cache_hit=cache_hit, reason=STALE_MESSAGE)
+        self._audit_entry(decision, 503, cache_hit=cache_hit, reason=STALE_MESSAGE, caller=caller)
         return self._stale_reply
 
-    def _refuse_revoked(self, decision: Decision, *, cache_hit: bool) -> Reply:
+    def _refuse_revoked(self, decision: Decision, *, cache_hit: bool, caller: Caller | None) -> Reply:
         message = self._tracker.revoked_reason or REVOKED_MESSAGE
-        self._audit_entry(decision, 403, cache_hit=cache_hit, reason=message)
+        self._audit_entry(decision, 403, cache_hit=cache_hit, reason=message, caller=caller)
         reply = self._revoked_replies.get(message)
         if reply is None:
             reply = self._revoked_replies[message] = error_reply(403, message)
@@ -225,14 +225,16 @@ class Pipeline:
         identity = self._identity
         return PolicyRequest(identity.user, identity.profile, identity.mode, self._clock.now())
 
-    def _allow(self, decision: Decision, credentials: Credentials, *, cache_hit: bool) -> Reply:
+    def _allow(
+        self, decision: Decision, credentials: Credentials, *, cache_hit: bool, caller: Caller | None
+    ) -> Reply:
         """Steps 5 and 6: audit, touch (only now, after success), respond."""
         self._decisions.inc("allow")
         reply = self._last_reply
         if credentials is not self._last_credentials or reply is None:
             reply = Reply(200, credentials.to_container_json(), JSON)
             self._last_credentials, self._last_reply = credentials, reply
-        self._audit_entry(decision, 200, cache_hit=cache_hit, credentials=credentials)
+        self._audit_entry(decision, 200, cache_hit=cache_hit, credentials=credentials, caller=caller)
         self._tracker.touch_nowait()
         return reply
 
@@ -258,6 +260,7 @@ class Pipeline:
         cache_hit: bool,
         credentials: Credentials | None = None,
         reason: str | None = None,
+        caller: Caller | None = None,
     ) -> None:
         audit = self._audit
         if not audit.enabled:
@@ -285,5 +288,8 @@ class Pipeline:
                 role_arn=identity.role_arn,
                 expiration=credentials.expiration if credentials else None,
                 cache_hit=cache_hit,
+                # Who asked, under `--allow-user` (issue 11); None without it.
+                caller_uid=caller.uid if caller is not None else None,
+                caller_user=caller.user if caller is not None else None,
             )
         )

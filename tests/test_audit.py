@@ -49,6 +49,8 @@ ALLOW = {
     "role_arn": "arn:aws:iam::123456789012:role/prod",
     "expiration": "2025-03-04T05:21:07Z",
     "cache_hit": True,
+    "caller_uid": 1000,
+    "caller_user": "alice",
 }
 
 
@@ -119,7 +121,7 @@ async def test_entries_are_written_as_one_json_object_per_line_with_all_fields(t
     assert list(first) == list(ALLOW)  # field order is the documented order
     assert second == {
         **{key: None for key in ("rule", "rule_index", "session_id", "source_identity", "role_arn")},
-        **{"expiration": None, "cache_hit": None},
+        **{"expiration": None, "cache_hit": None, "caller_uid": None, "caller_user": None},
         "time": "2025-03-04T05:06:07.123456Z",
         "request_id": "r-2",
         "user": "mallory",

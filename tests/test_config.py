@@ -84,6 +84,18 @@ def test_each_source_wins_over_the_ones_below_it(tmp_path: Path) -> None:
     assert flags_over_all.session_db == Path("/from/env.db")
 
 
+def test_allow_user_is_repeatable_a_comma_list_in_env_and_a_list_in_toml(tmp_path: Path) -> None:
+    """`--allow-user` (issue 11) from each source; flags win as a whole, the default is nobody
+    checked at all (an empty tuple: no lookup)."""
+    assert ServerConfig().allow_user == ()
+    toml = _toml(tmp_path, 'allow_user = ["app", 1001]\n')
+    assert build_config({}, {}, toml).allow_user == ("app", "1001")
+    env = {"SENTINEL_ALLOW_USER": "app, 1001,web"}
+    assert build_config({}, env, toml).allow_user == ("app", "1001", "web")
+    flags = {"allow_user": ["root", "0"]}
+    assert build_config(flags, {"SENTINEL_ALLOW_USER": "app"}, toml).allow_user == ("root", "0")
+
+
 def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
     file = _toml(tmp_path, "port = 1111\n")
     assert build_config({}, {"SENTINEL_PORT": ""}, file).port == 1111
@@ -173,6 +185,12 @@ def _assert_one_config_error(result_stderr: str, returncode: int, *needles: str)
         ([], {"SENTINEL_QUEUE_SIZE": "0"}, None, "SENTINEL_QUEUE_SIZE"),
         ([], {}, "queue_size = 12\nflush_intervall = 1\n", "flush_intervall"),
         ([], {}, "revocation_poll = [1, 2]\n", "revocation_poll"),
+        (["--allow-user", "bad name"], {}, None, "--allow-user"),
+        (["--allow-user", "no-such-user-zz"], {}, None, "--allow-user no-such-user-zz: no such user"),
+        (["--allow-user", "4294967296"], {}, None, "--allow-user"),
+        ([], {"SENTINEL_ALLOW_USER": "root,,"}, None, "SENTINEL_ALLOW_USER"),
+        ([], {}, "allow_user = [true]\n", "allow_user"),
+        ([], {}, "allow_user = []\n", "allow_user"),
     ],
 )
 def test_serve_with_invalid_configuration_prints_one_line_and_exits_78(

@@ -94,6 +94,7 @@ def test_the_unit_has_what_issue_5_requires() -> None:
         ("PrivateTmp", "yes"),
         ("PrivateDevices", "yes"),
         ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+        ("RestrictAddressFamilies", "AF_NETLINK"),  # --allow-user's sock_diag lookup (issue 11)
         ("CapabilityBoundingSet", ""),
         ("SystemCallFilter", "@system-service"),
     ]:

@@ -10,6 +10,12 @@ keep-alive `GET /` that passes every check and hits the credential cache takes o
 in `on_message_complete`: checks -> `_issue_now()` -> one `transport.write()`. Anything else goes
 through `_dispatch`, which makes each decision explicitly.
 
+Admission (DESIGN.md §6, issue 11): a connection is "unauthenticated" until a request on it
+carries the token. Until then it has `auth_timeout` from its accept to do so, every answer on it
+closes it (keep-alive is a privilege of authenticated connections), and it may be evicted to make
+room for a newer one (`ServerState.admit`). Under `--allow-user` the client's uid is looked up
+once, on accept; a refused user's first request is answered 403 and the connection closed.
+
 Ordering: a request answered synchronously (a cache hit, an error) is written at once. One that
 needs `await service.issue()` runs as a task; reading pauses until it finishes, and requests
 already parsed behind it wait in `_backlog` (at most one read's worth) and are answered, in
@@ -25,7 +31,7 @@ from typing import TypeAlias, cast
 
 import httptools
 
-from sentinel.server.checks import HEADER_KINDS, HeaderKind, classify_header
+from sentinel.server.checks import HEADER_KINDS, HeaderKind, classify_header, is_served_version
 from sentinel.server.guard import SERVICE_FAILED
 from sentinel.server.http import (
     BAD_HOST,
@@ -41,12 +47,14 @@ from sentinel.server.http import (
     REQUEST_TIMEOUT,
     SERVER_BUSY,
     UNAUTHORIZED,
+    USER_NOT_ALLOWED,
+    VERSION_NOT_SUPPORTED,
     Canned,
     Route,
     render,
     route_for,
 )
-from sentinel.server.service import Reply
+from sentinel.server.service import Caller, Reply
 from sentinel.server.state import ServerState
 
 # Module-level aliases: the hot path compares identities without attribute lookups.
@@ -93,9 +101,11 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_admitted",
         "_auth",
+        "_authenticated",
         "_backlog",
         "_began_here",
         "_bytes_left",
+        "_caller",
         "_closing",
         "_flags",
         "_headers_left",
@@ -108,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
         "_task",
         "_transport",
         "_url",
+        "_user_refused",
         "_write_paused",
         "deadline",
     )
@@ -115,6 +126,11 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self._srv = state
         self._admitted = False
+        # True once a request carried the token (and, under `--allow-user`, from an allowed uid).
+        self._authenticated = False
+        # Under `--allow-user`: who the client is (for the decision log), or refused.
+        self._caller: Caller | None = None
+        self._user_refused = False
         self._task: asyncio.Task[None] | None = None
         self._backlog: deque[Pending] = deque()
         # True once no further request will be read; the connection closes when its last
@@ -141,8 +157,17 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         srv = self._srv
-        if not srv.admit(self):
-            # Over the limit: answer without reading a byte, so a flood costs no parsing.
+        uid = None
+        if srv.users is not None:
+            # Once per connection, while the client's socket surely exists (issue 11). The
+            # refusal answers its first request: closing now, with that request unread, would
+            # reset the connection and the client might never see the 403.
+            uid = srv.users.uid_of(transport)
+            self._caller = srv.users.caller(uid)
+            self._user_refused = self._caller is None
+        if not srv.admit(self, uid):
+            # Full of authenticated connections (or closing): answer without reading a byte, so
+            # a flood costs no parsing.
             self._closing = True
             self._transport.write(SERVER_BUSY.close)
             self._transport.close()
@@ -151,7 +176,8 @@ class HttpConnection(asyncio.Protocol):
         self._admitted = True
         limits = srv.limits
         self._transport.set_write_buffer_limits(high=limits.write_high_water, low=limits.write_low_water)
-        self.deadline = srv.header_deadline
+        # Not extended by requests until the token arrives (`_dispatch`).
+        self.deadline = srv.auth_deadline
         self._parser = httptools.HttpRequestParser(self)
 
     def eof_received(self) -> bool:
@@ -219,7 +245,8 @@ class HttpConnection(asyncio.Protocol):
             self._flags = 0
             self._headers_left = limits.max_headers
             self._bytes_left = limits.max_header_bytes
-            self.deadline = self._srv.header_deadline
+            if self._authenticated:
+                self.deadline = self._srv.header_deadline
         self._bytes_left -= len(url)
         if self._bytes_left < 0:
             self._refuse_and_stop(HEADERS_TOO_LARGE)
@@ -263,7 +290,8 @@ class HttpConnection(asyncio.Protocol):
         auth = self._auth
         flags = self._flags
         if (
-            self._url == b"/"
+            self._authenticated
+            and self._url == b"/"
             and (not flags or (flags == _KEEP_ALIVE and parser.get_http_version() == "1.1"))
             and self._host in srv.hosts.accepted
             and auth is not None
@@ -272,7 +300,8 @@ class HttpConnection(asyncio.Protocol):
             and parser.should_keep_alive()
             and parser.get_method() == b"GET"
         ):
-            # The hot path (DESIGN.md §3): a keep-alive GET / that passed every check.
+            # The hot path (DESIGN.md §3): a keep-alive GET / that passed every check, on a
+            # connection that already did (its first request went through `_dispatch`).
             self._issue_now(True)
             return
         self._dispatch()
@@ -282,7 +311,8 @@ class HttpConnection(asyncio.Protocol):
     # -- the general path -------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Decide a request off the fast path; the checks in issue 3's order, then routing."""
+        """Decide a request off the fast path: the uid and version, then the checks in issue 3's
+        order, then routing. The first request with the token authenticates the connection."""
         parser = self._parser
         srv = self._srv
         flags = self._flags
@@ -295,7 +325,11 @@ class HttpConnection(asyncio.Protocol):
         host = self._host
         auth = self._auth
         refusal: Canned | None = None
-        if flags & _DUPLICATE:
+        if self._user_refused:
+            refusal = USER_NOT_ALLOWED
+        elif not is_served_version(parser.get_http_version()):
+            refusal = VERSION_NOT_SUPPORTED
+        elif flags & _DUPLICATE:
             refusal = DUPLICATE_HEADER
         elif flags & _FOREIGN:
             refusal = FOREIGN_CLIENT
@@ -303,13 +337,19 @@ class HttpConnection(asyncio.Protocol):
             refusal = MISSING_HOST
         elif not srv.hosts.allows(host.rstrip(_OWS)):
             refusal = BAD_HOST
-        elif route is not _HEALTHZ:
-            if auth is None or not _compare_digest(auth.rstrip(_OWS), srv.token):
-                refusal = UNAUTHORIZED
-            elif route is _OTHER:
+        elif auth is not None and _compare_digest(auth.rstrip(_OWS), srv.token):
+            if not self._authenticated:
+                self._authenticated = True
+                srv.authenticated(self)
+            if route is _OTHER:
                 refusal = NOT_FOUND
+        elif route is not _HEALTHZ:
+            refusal = UNAUTHORIZED
         if refusal is None and parser.get_method() != b"GET":
             refusal = METHOD_NOT_ALLOWED
+        # Keep-alive is a privilege of authenticated connections: anything else is answered once,
+        # then closed, so a peer without the token cannot hold a slot (issue 11).
+        keep_alive = keep_alive and self._authenticated
         if refusal is None:
             self._emit(route, keep_alive, route)
         else:
@@ -363,7 +403,7 @@ class HttpConnection(asyncio.Protocol):
         A keep-alive answer of the reply rendered last is one write and one integer add: the
         hot path's whole cost after the checks."""
         srv = self._srv
-        reply = srv.service.issue_nowait()
+        reply = srv.service.issue_nowait(self._caller)
         if reply is None:
             self._start_issue(keep_alive, _CREDENTIALS)
         elif keep_alive and reply is srv.renderer.reply:
@@ -407,7 +447,7 @@ class HttpConnection(asyncio.Protocol):
     async def _issue(self, keep_alive: bool, route: Route) -> None:
         srv = self._srv
         try:
-            reply = await srv.service.issue()
+            reply = await srv.service.issue(self._caller)
         finally:
             srv.requests_in_flight -= 1
             self._task = None
@@ -477,6 +517,19 @@ class HttpConnection(asyncio.Protocol):
             logger.debug("closing a connection: request headers not received in time")
             self._send(REQUEST_TIMEOUT.close, False, _OTHER, REQUEST_TIMEOUT.status)
         else:
+            transport.close()
+
+    def evict(self) -> None:
+        """Make room for a newer connection (`ServerState.admit`): say so, and close."""
+        self._closing = True
+        transport = self._transport
+        if transport.is_closing():
+            return
+        self._srv.logger.debug("evicted a connection that presented no token, to make room")
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()
+        else:
+            transport.write(SERVER_BUSY.close)
             transport.close()
 
     def close_when_done(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from sentinel.server.http import INTERNAL_ERROR, Route
-from sentinel.server.service import CredentialService, Reply
+from sentinel.server.service import Caller, CredentialService, Reply
 
 # Stands for "the service raised": compared by identity, never rendered.
 SERVICE_FAILED = Reply(INTERNAL_ERROR.status, b"")
@@ -26,15 +26,15 @@ class GuardedService:
         self._service = service
         self._logger = logger
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         try:
-            return self._service.issue_nowait()
+            return self._service.issue_nowait(caller)
         except Exception as exc:
             return self._failed(exc, Route.CREDENTIALS)
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         try:
-            return await self._service.issue()
+            return await self._service.issue(caller)
         except Exception as exc:
             return self._failed(exc, Route.CREDENTIALS)
 

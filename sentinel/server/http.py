@@ -115,8 +115,10 @@ VERSION_NOT_SUPPORTED = Canned.build(505, "HTTP version not supported", always_c
 # the first request: closing at accept with that request unread resets the connection, and the
 # client may never see the 403.
 USER_NOT_ALLOWED = Canned.build(403, "this local user may not get credentials", always_close=True)
-FOREIGN_CLIENT = Canned.build(403, "browser and proxied requests are refused")
-BAD_HOST = Canned.build(403, "Host must be a loopback address")
+# A browser, a proxy or DNS rebinding is talking, not the workload: close even an authenticated
+# connection (issue 11).
+FOREIGN_CLIENT = Canned.build(403, "browser and proxied requests are refused", always_close=True)
+BAD_HOST = Canned.build(403, "Host must be a loopback address", always_close=True)
 UNAUTHORIZED = Canned.build(401, "missing or invalid authorization token")
 NOT_FOUND = Canned.build(404, "not found")
 METHOD_NOT_ALLOWED = Canned.build(405, "method not allowed", extra=b"Allow: GET\r\n")

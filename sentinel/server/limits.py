@@ -23,13 +23,19 @@ class ServerLimits:
     `max_header_bytes` covers the request line and all header lines. The timeouts are enforced by
     a coarse sweep (see `listener.py`), so a connection closes between `timeout` and
     `timeout + 2 * sweep_interval` after the event that started it.
+
+    Connection admission (DESIGN.md §6, issue 11): a connection that has not yet presented the
+    token must do so within `auth_timeout` of being accepted (or `header_timeout`, if shorter);
+    under `--allow-user` one local user holds at most `max_unauthenticated_per_user` of them.
     """
 
     max_header_bytes: int = 8192
     max_headers: int = 64
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
+    auth_timeout: float = 2.0
     max_connections: int = 1024
+    max_unauthenticated_per_user: int = 128
     write_high_water: int = 64 * 1024
     write_low_water: int = 16 * 1024
 
@@ -38,17 +44,19 @@ class ServerLimits:
             raise ServerConfigError("max_header_bytes must be at least 256")
         if self.max_headers < 1:
             raise ServerConfigError("max_headers must be at least 1")
-        if not (self.header_timeout > 0 and self.idle_timeout > 0):
-            raise ServerConfigError("header_timeout and idle_timeout must be positive")
+        if not (self.header_timeout > 0 and self.idle_timeout > 0 and self.auth_timeout > 0):
+            raise ServerConfigError("header_timeout, idle_timeout and auth_timeout must be positive")
         if self.max_connections < 1:
             raise ServerConfigError("max_connections must be at least 1")
+        if self.max_unauthenticated_per_user < 1:
+            raise ServerConfigError("max_unauthenticated_per_user must be at least 1")
         if not 0 <= self.write_low_water < self.write_high_water:
             raise ServerConfigError("write_low_water must be below write_high_water")
 
     @property
     def sweep_interval(self) -> float:
-        """How often idle and header deadlines are checked: a quarter of the shorter timeout, ≤ 1 s."""
-        return min(1.0, max(0.01, min(self.header_timeout, self.idle_timeout) / 4))
+        """How often the deadlines are checked: a quarter of the shortest timeout, ≤ 1 s."""
+        return min(1.0, max(0.01, min(self.header_timeout, self.idle_timeout, self.auth_timeout) / 4))
 
 
 def loopback_bind_address(host: str) -> str:

@@ -15,6 +15,7 @@ from sentinel.metrics import Registry
 from sentinel.server.connection import HttpConnection
 from sentinel.server.guard import GuardedService
 from sentinel.server.limits import ServerConfigError, ServerLimits, loopback_bind_address, validate_token
+from sentinel.server.peer import UserGate
 from sentinel.server.service import CredentialService
 from sentinel.server.state import ServerState, ServerStatistics
 
@@ -140,26 +141,31 @@ async def start_server(
     limits: ServerLimits | None = None,
     metrics: Registry | None = None,
     logger: logging.Logger | None = None,
+    users: UserGate | None = None,
 ) -> Server:
     """Bind a loopback listener serving `service` and return it running.
 
     `host` must be a loopback literal or "localhost" (which binds 127.0.0.1); anything else, an
     unusable token or bad limits raise `ServerConfigError` before a socket exists, as does a port
     that cannot be bound. `port=0` picks a free port (see `Server.port`). Works on uvloop and on
-    the default event loop.
+    the default event loop. `users` (`--allow-user`) refuses clients of other local users.
     """
     address = loopback_bind_address(host)
     token_bytes = validate_token(token)
     limits = limits if limits is not None else ServerLimits()
     loop = asyncio.get_running_loop()
     logger = logger or _log
-    state = ServerState(GuardedService(service, logger), token_bytes, limits, loop, logger, metrics)
+    state = ServerState(GuardedService(service, logger), token_bytes, limits, loop, logger, metrics, users)
     try:
         listener = await loop.create_server(
             lambda: HttpConnection(state),
             host=address,
             port=port,
             reuse_address=True,
+            # A whole listener's worth of connection attempts (the kernel caps it at somaxconn):
+            # with asyncio's default of 100, a burst overflows the queue, the kernel drops the
+            # handshakes and they arrive a second later, out of order (issue 11).
+            backlog=max(100, limits.max_connections),
         )
     except OSError as exc:
         raise ServerConfigError(f"cannot listen on {address} port {port}: {exc.strerror}") from exc

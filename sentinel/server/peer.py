@@ -19,16 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import pwd
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from sentinel.errors import ConfigError
+from sentinel.server.service import Caller
+
+_log = logging.getLogger("sentinel.server")
 
 # linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h (not all exported by `socket`).
 NETLINK_SOCK_DIAG = 4
@@ -306,5 +310,35 @@ class UserGate:
 
         Call once per connection, in `connection_made`: the cost is one netlink round trip.
         """
-        uid = self.peers.uid_of(transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+        uid = self.uid_of(transport)
         return uid if self.allowed.allows(uid) else None
+
+    def uid_of(self, transport: asyncio.BaseTransport) -> int | None:
+        """The uid owning the connection's client socket, allowed or not (None: unknown)."""
+        return self.peers.uid_of(transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+
+    def caller(self, uid: int | None) -> Caller | None:
+        """The decision log's view of an allowed uid; None when `uid` may not get credentials."""
+        if uid is None:
+            return None
+        name = self.allowed.name_of(uid)
+        return None if name is None else Caller(uid, name)
+
+
+@contextlib.contextmanager
+def open_user_gate(values: Sequence[str]) -> Iterator[UserGate | None]:
+    """The `--allow-user` gate for the listener, or None (and no lookup cost) without the option.
+
+    Resolves the users and opens the netlink socket before anything listens: an unknown user or
+    a system where the lookup is impossible is a one-line `ConfigError`, never "allow everyone".
+    """
+    if not values:
+        yield None
+        return
+    allowed = AllowedUsers.resolve(values)
+    with PeerCredentials.open() as peers:
+        _log.info(
+            "only connections of %s get credentials",
+            ", ".join(f"{name} (uid {uid})" for uid, name in sorted(allowed.names.items())),
+        )
+        yield UserGate(peers, allowed)

@@ -22,15 +22,26 @@ class Reply:
     content_type: str = JSON
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The local user on the other end of a connection, known only under `--allow-user`.
+
+    The server looks it up once per connection and hands it to every credential request on that
+    connection, for the decision log (issue 11)."""
+
+    uid: int
+    user: str
+
+
 class CredentialService(Protocol):
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         """Answer a credential request without awaiting, if possible (the cache-hit fast path).
 
         Returns None when the answer needs I/O (cold or expiring cache); the server then awaits
-        `issue()`. Never raises."""
+        `issue()`. `caller` is None unless `--allow-user` identified the client. Never raises."""
         ...
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         """Answer a credential request, awaiting whatever it needs. Never raises."""
         ...
 

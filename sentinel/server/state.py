@@ -1,7 +1,12 @@
 """State one listener shares with all of its connections: service, token, limits, counters, registry.
 
 Connections read deadlines from here instead of calling the clock: the listener's sweep refreshes
-`header_deadline` and `idle_deadline` on every tick, so starting a timeout costs one attribute load.
+`auth_deadline`, `header_deadline` and `idle_deadline` on every tick, so starting a timeout costs
+one attribute load.
+
+Admission (DESIGN.md §6 "Connection admission", issue 11) lives here too: which connections have
+not yet presented the token, in accept order, so that a full listener makes room by evicting the
+oldest of them, never an authenticated one.
 
 Request counts are kept in plain integers and published to the metrics registry by
 `flush_counts()`: on every sweep tick, before `/metrics` is rendered, and by `statistics()`. A
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +27,7 @@ from sentinel.metrics import Counter, Registry
 from sentinel.server.checks import LoopbackHosts
 from sentinel.server.http import ReplyRenderer, Route
 from sentinel.server.limits import ServerLimits
+from sentinel.server.peer import UserGate
 from sentinel.server.service import CredentialService, Reply
 
 
@@ -39,6 +46,8 @@ class Connection(Protocol):
 
     def abort(self) -> None: ...
 
+    def evict(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ServerStatistics:
@@ -54,19 +63,27 @@ class ServerStatistics:
     reading_paused: int
     # How often a transport's write buffer went over the high-water mark.
     write_pauses: int
+    # Connections without a valid token yet, closed to make room (listener full, or their user
+    # over its share under `--allow-user`).
+    connections_evicted: int = 0
 
 
 class ServerState:
     """Everything connections share; owned by `Server`, mutated only on the event loop."""
 
     __slots__ = (
+        "_evicted_counter",
         "_no_connections",
         "_pending",
+        "_per_user",
         "_rejected_counter",
         "_requests_counter",
+        "_unauthenticated",
         "accepting",
+        "auth_deadline",
         "connections",
         "connections_accepted",
+        "connections_evicted",
         "connections_rejected",
         "header_deadline",
         "hosts",
@@ -81,6 +98,7 @@ class ServerState:
         "requests_in_flight",
         "service",
         "token",
+        "users",
         "write_pauses",
     )
 
@@ -92,7 +110,10 @@ class ServerState:
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
         registry: Registry | None,
+        users: UserGate | None = None,
     ) -> None:
+        # `--allow-user`: asked once per connection in `connection_made`; None lets any uid in.
+        self.users = users
         self.service = service
         self.token = token
         self.limits = limits
@@ -104,11 +125,17 @@ class ServerState:
         self.hot_hits = 0
         self._pending: dict[tuple[Route, int], int] = {}
         self.connections: set[Connection] = set()
+        # Connections that have not presented the token yet, oldest first, with their uid (None
+        # without `--allow-user` or when unknown); and the same, per uid, under `--allow-user`.
+        self._unauthenticated: OrderedDict[Connection, int | None] = OrderedDict()
+        self._per_user: dict[int | None, OrderedDict[Connection, None]] = {}
         self.accepting = True
+        self.auth_deadline = 0.0
         self.header_deadline = 0.0
         self.idle_deadline = 0.0
         self.connections_accepted = 0
         self.connections_rejected = 0
+        self.connections_evicted = 0
         self.requests = 0
         self.requests_in_flight = 0
         self.reading_paused = 0
@@ -117,12 +144,16 @@ class ServerState:
         self._no_connections.set()
         self._requests_counter: Counter | None = None
         self._rejected_counter: Counter | None = None
+        self._evicted_counter: Counter | None = None
         if registry is not None:
             self._requests_counter = registry.counter(
                 "requests_total", "HTTP requests answered, by route and status", ("route", "status")
             )
             self._rejected_counter = registry.counter(
                 "connections_rejected_total", "Connections refused because the server was full"
+            )
+            self._evicted_counter = registry.counter(
+                "connections_evicted_total", "Connections without a valid token closed to make room"
             )
             registry.gauge("connections_open", "Open HTTP connections").set_function(
                 lambda: len(self.connections)
@@ -135,10 +166,12 @@ class ServerState:
         One extra sweep interval is added because `now` is only as fresh as the last tick: a
         deadline never comes earlier than its timeout.
         """
-        slack = self.limits.sweep_interval
+        limits = self.limits
+        slack = limits.sweep_interval
         now = self.loop.time()
-        self.header_deadline = now + self.limits.header_timeout + slack
-        self.idle_deadline = now + self.limits.idle_timeout + slack
+        self.auth_deadline = now + min(limits.auth_timeout, limits.header_timeout) + slack
+        self.header_deadline = now + limits.header_timeout + slack
+        self.idle_deadline = now + limits.idle_timeout + slack
 
     def count(self, route: Route, status: int) -> None:
         """Count one answered request off the fast path."""
@@ -169,19 +202,62 @@ class ServerState:
                 counter.inc(route.value, str(status), amount=amount)
         self._pending.clear()
 
-    def admit(self, connection: Connection) -> bool:
-        """Register a new connection, or count it as rejected when closing or full."""
-        if not self.accepting or len(self.connections) >= self.limits.max_connections:
-            self.connections_rejected += 1
-            if self._rejected_counter is not None:
-                self._rejected_counter.inc()
+    def admit(self, connection: Connection, uid: int | None = None) -> bool:
+        """Register a new (unauthenticated) connection, making room if needed; False when closing,
+        or full of authenticated connections (counted as rejected).
+
+        Room is made by evicting the oldest connection that has not presented the token: first
+        among `uid`'s own when that user is over its share (only under `--allow-user`, where
+        `uid` means something), then among all when the listener is full. An authenticated
+        connection is never evicted for a new one."""
+        if not self.accepting:
+            self._reject()
             return False
+        limits = self.limits
+        if self.users is not None:
+            mine = self._per_user.get(uid)
+            if mine is not None and len(mine) >= limits.max_unauthenticated_per_user:
+                self._evict(next(iter(mine)))
+        if len(self.connections) >= limits.max_connections:
+            if not self._unauthenticated:
+                self._reject()
+                return False
+            self._evict(next(iter(self._unauthenticated)))
         self.connections.add(connection)
+        self._unauthenticated[connection] = uid
+        if self.users is not None:
+            mine = self._per_user.get(uid)
+            if mine is None:
+                mine = self._per_user[uid] = OrderedDict()
+            mine[connection] = None
         self.connections_accepted += 1
         self._no_connections.clear()
         return True
 
+    def authenticated(self, connection: Connection) -> None:
+        """`connection` presented the token: from now on it is never evicted."""
+        uid = self._unauthenticated.pop(connection, None)
+        mine = self._per_user.get(uid)
+        if mine is not None:
+            mine.pop(connection, None)
+            if not mine:
+                del self._per_user[uid]
+
+    def _reject(self) -> None:
+        self.connections_rejected += 1
+        if self._rejected_counter is not None:
+            self._rejected_counter.inc()
+
+    def _evict(self, connection: Connection) -> None:
+        # Forgotten at once, so the slot is free now; its connection_lost comes later.
+        self.forget(connection)
+        self.connections_evicted += 1
+        if self._evicted_counter is not None:
+            self._evicted_counter.inc()
+        connection.evict()
+
     def forget(self, connection: Connection) -> None:
+        self.authenticated(connection)
         self.connections.discard(connection)
         if not self.connections:
             self._no_connections.set()
@@ -199,4 +275,5 @@ class ServerState:
             requests_in_flight=self.requests_in_flight,
             reading_paused=self.reading_paused,
             write_pauses=self.write_pauses,
+            connections_evicted=self.connections_evicted,
         )

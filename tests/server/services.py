@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from sentinel.server import Reply
-from sentinel.server.service import PROMETHEUS_TEXT
+from sentinel.server.service import PROMETHEUS_TEXT, Caller
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY-sentinel-test"
@@ -41,11 +41,11 @@ class FixedService:
         self.nowait_calls = 0
         self.issue_calls = 0
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         self.nowait_calls += 1
         return self.reply
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         self.issue_calls += 1
         return self.reply
 
@@ -72,13 +72,13 @@ class NumberedService(FixedService):
         self.served += 1
         return Reply(200, credentials_body(n=self.served))
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         self.nowait_calls += 1
         if self.async_every and self.nowait_calls % self.async_every == 0:
             return None
         return self._next()
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         self.issue_calls += 1
         for _ in range(3):
             await asyncio.sleep(0)
@@ -94,11 +94,11 @@ class BlockingService(FixedService):
         self.release = asyncio.Event()
         self.cancelled = 0
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         self.nowait_calls += 1
         return None
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         self.issue_calls += 1
         self.started.set()
         try:
@@ -112,10 +112,10 @@ class BlockingService(FixedService):
 class BrokenService(FixedService):
     """Breaks the seam's promise: raises, with secrets in the exception text."""
 
-    def issue_nowait(self) -> Reply | None:
+    def issue_nowait(self, caller: Caller | None = None) -> Reply | None:
         raise RuntimeError(f"upstream said {SECRET_KEY} {SESSION_TOKEN}")
 
-    async def issue(self) -> Reply:
+    async def issue(self, caller: Caller | None = None) -> Reply:
         raise RuntimeError(f"upstream said {SECRET_KEY}")
 
     def health(self) -> Reply:

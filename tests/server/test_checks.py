@@ -40,11 +40,15 @@ async def test_missing_or_wrong_token_is_401(
     assert service.nowait_calls == 0
 
 
-async def test_refusal_keeps_connection_usable(server: Server, connect: Connect) -> None:
-    """A 401 does not break framing: the next request on the connection is answered normally."""
+async def test_401_closes_the_connection(server: Server, connect: Connect) -> None:
+    """A 401 says `Connection: close` and closes (issue 11: it used to keep the connection and
+    re-arm its idle timer, so tokenless peers could hold every slot); the server forgets it."""
     client = await connect(server)
-    assert (await client.exchange(request("/", token="nope"))).status == 401
-    assert (await client.exchange(request("/"))).status == 200
+    response = await client.exchange(request("/", token="nope"))
+    assert (response.status, response.closes) == (401, True)
+    assert await client.closed()
+    await server.wait_connections_closed()
+    assert server.statistics().connections_open == 0
 
 
 @pytest.mark.parametrize(
@@ -139,10 +143,6 @@ async def test_browser_or_proxy_request_is_403(server: Server, name: str, value:
     assert response.json() == {"Message": "browser and proxied requests are refused"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: protocol.py's _dispatch must call checks.is_served_version (wired by the lead)",
-)
 @pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
 @pytest.mark.parametrize("path", ["/", "/healthz"])
 async def test_http_versions_other_than_1_x_are_505_and_close(

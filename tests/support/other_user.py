@@ -17,6 +17,19 @@ import pytest
 # venv may sit below directories `nobody` cannot traverse.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
+# `python(ASK_OVER_HTTP, host, port)`: sends the request read from stdin (so no token sits in
+# argv) on one connection, prints the response's status line and whether it said it closes.
+ASK_OVER_HTTP = """
+import socket, sys
+request = sys.stdin.buffer.read()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as client:
+    client.sendall(request)
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+print(data.split(b"\\r\\n")[0].decode(), "close" if b"Connection: close" in data else "open", flush=True)
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class OtherUser:
