@@ -4,7 +4,8 @@ The load runs say what a request costs in total; this says which step it goes to
 the real one (policy, cache, tracker, decision log); only the STS call behind the cache is replaced
 by a `CredentialSource` returning fixed credentials, since a cache hit never reaches it anyway.
 Requests are issued in bursts of 64 (one per connection of a c64 run) with an event-loop pass
-between bursts, so the tracker's drain task and the decision log's writer thread do their share.
+between bursts, so the tracker's drain task and the decision log's writer do their share; with the
+decision log on, the timing ends when the log has written every line (its whole cost per request).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +29,14 @@ import uvloop
 
 from bench import aws
 from bench.tools import Pinning
-from sentinel.audit import DecisionEntry, DecisionLog, open_decision_log
+from sentinel.audit import (
+    DecisionEntry,
+    DecisionLog,
+    DecisionLogger,
+    LineFormatter,
+    encode_tail,
+    open_decision_log,
+)
 from sentinel.clock import SYSTEM_CLOCK
 from sentinel.credentials import CredentialCache, Credentials
 from sentinel.metrics import Registry
@@ -57,8 +65,13 @@ def per_call_us(call: Callable[[], object], number: int = 100_000) -> float:
     return min(timeit.repeat(call, number=number, repeat=_REPEAT)) / number * 1e6
 
 
-async def per_request_us(pipeline: Pipeline, bursts: int = 2000) -> float:
-    """issue_nowait() in bursts of 64 with a loop pass between them, per request, best of a few."""
+async def per_request_us(
+    pipeline: Pipeline, bursts: int = 2000, finish: Callable[[], Awaitable[None]] | None = None
+) -> float:
+    """issue_nowait() in bursts of 64 with a loop pass between them, per request, best of a few.
+
+    `finish` (the decision log's flush) is awaited inside the timing: what is left to write is
+    part of the cost."""
     best = float("inf")
     issue = pipeline.issue_nowait
     for _ in range(_REPEAT):
@@ -67,6 +80,8 @@ async def per_request_us(pipeline: Pipeline, bursts: int = 2000) -> float:
             for _ in range(_BURST):
                 issue()
             await asyncio.sleep(0)  # the drain task and the log writer get their turn
+        if finish is not None:
+            await finish()
         best = min(best, (time.perf_counter() - started) / (bursts * _BURST) * 1e6)
     return best
 
@@ -113,14 +128,22 @@ async def measure(work: Path) -> dict[str, float]:
         results["issue_nowait: tracking on, touch + drain (c, d)"] = await per_request_us(
             await pipeline(tracker, open_decision_log(None))
         )
-        audit = open_decision_log(str(work / "decisions.jsonl"))
+        # Room for a whole timed run: this loop offers lines several times faster than a server
+        # can (no HTTP), and what is measured is the cost of writing every one of them.
+        audit = open_decision_log(str(work / "decisions.jsonl"), capacity=2000 * _BURST)
         await tg.start(audit.run)
-        results["issue_nowait: decision log on, writer thread running (h)"] = await per_request_us(
-            await pipeline(NullTracker(), audit), bursts=500
+        results["issue_nowait: decision log on, lines written (h)"] = await per_request_us(
+            await pipeline(NullTracker(), audit), finish=audit.flush
+        )
+        results["issue_nowait: tracking on + decision log (p)"] = await per_request_us(
+            await pipeline(tracker, audit), finish=audit.flush
         )
         results["  of which: decision log lines dropped (should be 0)"] = float(audit.statistics().dropped)
         # A second tracker, never started, with room for every timed touch (no drop path).
-        results |= pieces(identity, watcher, SessionTracker(store, template, queue_size=1_000_000))
+        # ... and a decision log, never run, with room for every timed line.
+        sink = DecisionLogger(str(work / "appended.jsonl"), capacity=_REPEAT * 100_000)
+        results |= pieces(identity, watcher, SessionTracker(store, template, queue_size=1_000_000), sink)
+        await sink.aclose(timeout=0)
         await audit.aclose()
         await tracker.shutdown(2.0)
         await store.aclose()
@@ -128,7 +151,9 @@ async def measure(work: Path) -> dict[str, float]:
     return results
 
 
-def pieces(identity: Identity, watcher: PolicyWatcher, tracker: SessionTracker) -> dict[str, float]:
+def pieces(
+    identity: Identity, watcher: PolicyWatcher, tracker: SessionTracker, sink: DecisionLogger
+) -> dict[str, float]:
     """Single steps of the hot path, each timed alone."""
     now = datetime.now(UTC)
     request = PolicyRequest(identity.user, identity.profile, identity.mode, now)
@@ -154,8 +179,11 @@ def pieces(identity: Identity, watcher: PolicyWatcher, tracker: SessionTracker) 
         cache_hit=True,
     )
     fields = {name: getattr(entry, name) for name in entry.__slots__}
-    # The decision log's own serialisation options (sentinel/audit.py).
+    # The decision log's own serialisation options (sentinel/audit/lines.py).
     options = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_APPEND_NEWLINE
+    tail = encode_tail(entry)
+    batch = [(time.time_ns(), n, tail) for n in range(1024)]
+    formatter = LineFormatter("3f9a1c2e")
     return {
         "datetime.now(UTC) (twice per request: policy, cache)": per_call_us(lambda: datetime.now(UTC)),
         "PolicyRequest(...) (frozen dataclass + __post_init__)": per_call_us(
@@ -163,10 +191,20 @@ def pieces(identity: Identity, watcher: PolicyWatcher, tracker: SessionTracker) 
         ),
         "evaluate(policy, request) (2 rules)": per_call_us(lambda: evaluate(current, request)),
         "tracker.touch_nowait() alone (queue put)": per_call_us(tracker.touch_nowait),
-        "DecisionEntry(...) (frozen dataclass, 17 fields)": per_call_us(lambda: DecisionEntry(**fields)),
-        "orjson.dumps(entry) (the log writer, per line)": per_call_us(
+        "DecisionEntry(...) (frozen dataclass, 17 fields; per request before issue 12)": per_call_us(
+            lambda: DecisionEntry(**fields)
+        ),
+        "orjson.dumps(entry) (per line before issue 12)": per_call_us(
             lambda: orjson.dumps(entry, option=options)
         ),
+        "audit.log_encoded_nowait(tail) (per request: the hot path's append)": per_call_us(
+            lambda: sink.log_encoded_nowait(tail)
+        ),
+        "encode_tail(entry) (once per outcome)": per_call_us(lambda: encode_tail(entry), number=10_000),
+        "LineFormatter, per line (the writer, on the loop)": per_call_us(
+            lambda: formatter.extend([], batch), number=200
+        )
+        / len(batch),
         "decision.effect.value (Enum property)": per_call_us(lambda: decision.effect.value),
         "os.getpid() (a syscall: asyncio's running-loop check)": per_call_us(os.getpid),
     }

@@ -9,6 +9,7 @@ one test make the store slow on purpose and show that no request waits for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import statistics
 import time
@@ -23,7 +24,7 @@ import orjson
 import pytest
 from anyio.abc import TaskGroup
 
-from sentinel.audit import open_decision_log
+from sentinel.audit import DecisionEntry, DecisionLog, RequestIds, open_decision_log
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.credentials import CredentialCache, StsRoleAssumer, open_aws, resolve_user, role_session_name
 from sentinel.credentials import source_identity as make_source_identity
@@ -66,7 +67,11 @@ class Wired:
 
 @asynccontextmanager
 async def wiring(
-    tmp_path: Path, clock: Clock = SYSTEM_CLOCK, *, prefetch: bool = True
+    tmp_path: Path,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    prefetch: bool = True,
+    decision_log: DecisionLog | None = None,
 ) -> AsyncIterator[Wired]:
     """The daemon's wiring, minus the daemon: policy, cache, tracker, pipeline, listener.
 
@@ -104,7 +109,7 @@ async def wiring(
                 policy=watcher,
                 cache=cache,
                 tracker=tracker,
-                audit=open_decision_log(None),
+                audit=decision_log or open_decision_log(None),
                 registry=registry,
                 clock=clock,
                 server_duration=timedelta(minutes=15),
@@ -282,3 +287,44 @@ async def test_a_cold_request_counts_one_decision(aws_files: None, tmp_path: Pat
         decisions = wired.registry.get("policy_decisions_total")
         assert decisions is not None
         assert decisions.value("allow") == 2
+
+
+async def test_each_request_logs_one_line_with_every_field_of_its_outcome(
+    aws_files: None, tmp_path: Path
+) -> None:
+    """The decision log behind the real pipeline, over loopback HTTP (issue 12: the pipeline
+    passes pre-encoded tails, encoded once per outcome).
+    1. Nothing prefetched: the first request is a cold allow (cache_hit false), the next two hot.
+    2. The policy is replaced by a deny and reloaded: one request is refused (403).
+    3. The log is closed: four lines, every DecisionEntry field in its order, each line's fields
+       those of its own outcome (the policy hash changes with the reload), unique request ids."""
+    path = tmp_path / "decisions.jsonl"
+    log = open_decision_log(str(path), request_ids=RequestIds("0000beef"))
+    async with wiring(tmp_path, prefetch=False, decision_log=log) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            statuses = [(await client.get())[0] for _ in range(3)]
+            allow_hash = wired.watcher.current.content_hash
+            wired.policy.write_text(DENY_POLICY)
+            assert await wired.watcher.reload()
+            statuses.append((await client.get())[0])
+        finally:
+            await client.close()
+        await log.aclose()
+    assert statuses == [200, 200, 200, 403]
+    entries = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    fields = [field.name for field in dataclasses.fields(DecisionEntry)]
+    assert [list(entry) for entry in entries] == [fields] * 4
+    assert [e["request_id"] for e in entries] == [f"0000beef-{n}" for n in range(1, 5)]
+    assert [(e["status"], e["effect"], e["cache_hit"]) for e in entries] == [
+        (200, "allow", False),
+        (200, "allow", True),
+        (200, "allow", True),
+        (403, "deny", False),
+    ]
+    assert [e["rule"] for e in entries] == ["allow-demo"] * 3 + ["deny-demo"]
+    assert entries[0]["policy_hash"] == allow_hash != entries[3]["policy_hash"]
+    assert entries[3]["reason"] == "demo profile is closed for maintenance"
+    assert entries[3]["expiration"] is None
+    assert all(e["expiration"].endswith("Z") for e in entries[:3])
+    assert len({e["time"] for e in entries}) == 4  # stamped per request, not per outcome
