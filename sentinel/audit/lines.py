@@ -3,7 +3,7 @@
 A line is one JSON object with the fields of `DecisionEntry`, in its order. Everything after
 `time` and `request_id` is the same for every request with the same outcome (same policy,
 decision, status, credentials), so the hot path encodes that *tail* once per outcome
-(`encode_tail`) and the log adds the two per-request fields when it writes (`LineFormatter`).
+(`encode_tail`), and per request only puts the time and request id in front (`LineFormatter`).
 """
 
 from __future__ import annotations
@@ -101,35 +101,27 @@ def encode_tail(entry: DecisionEntry) -> bytes:
 
 
 class LineFormatter:
-    """Turns (wall time in ns, request number, tail) into lines, exactly as `encode_entry` would.
+    """Whole lines from (wall time in ns, request number, tail), exactly as `encode_entry` would.
 
-    The `YYYY-MM-DDTHH:MM:SS` part is formatted once per second; the rest of a line is one bytes
-    `%` operation. Like orjson, a time with no fraction of a second has no fractional part.
+    Called once per request: the `YYYY-MM-DDTHH:MM:SS` part is formatted once per second, the
+    rest is one bytes `%` operation. Like orjson, a time on a whole second has no fraction.
     """
 
-    __slots__ = ("_prefix", "_second", "_stamp")
+    __slots__ = ("_fraction", "_second", "_stamp", "_whole")
 
     def __init__(self, request_id_prefix: str) -> None:
-        self._prefix = orjson.dumps(request_id_prefix)[1:-1]  # escaped, in case it needs it
+        prefix = orjson.dumps(request_id_prefix)[1:-1].replace(b"%", b"%%")  # escaped, in case
+        self._fraction = b'{"time":"%b.%06dZ","request_id":"' + prefix + b'-%x",%b'
+        self._whole = b'{"time":"%bZ","request_id":"' + prefix + b'-%x",%b'
         self._second = -1
         self._stamp = b""
 
-    def extend(self, out: list[bytes], items: list[tuple[int, int, bytes]]) -> None:
-        """Append one line per item to `out`; an item with time -1 is already a whole line."""
-        prefix, second, stamp = self._prefix, self._second, self._stamp
-        for nanoseconds, number, tail in items:
-            if nanoseconds < 0:
-                out.append(tail)
-                continue
-            whole, fraction = divmod(nanoseconds, 1_000_000_000)
-            if whole != second:
-                second = whole
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
-            micros = fraction // 1000
-            if micros:
-                out.append(
-                    b'{"time":"%b.%06dZ","request_id":"%b-%x",%b' % (stamp, micros, prefix, number, tail)
-                )
-            else:
-                out.append(b'{"time":"%bZ","request_id":"%b-%x",%b' % (stamp, prefix, number, tail))
-        self._second, self._stamp = second, stamp
+    def line(self, nanoseconds: int, number: int, tail: bytes) -> bytes:
+        second, fraction = divmod(nanoseconds, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        micros = fraction // 1000
+        if micros:
+            return self._fraction % (self._stamp, micros, number, tail)
+        return self._whole % (self._stamp, number, tail)

@@ -1,12 +1,12 @@
-"""The decision log's buffer and writer: the hot path appends a tuple, the event loop writes batches.
+"""The decision log's buffer and writer: the hot path appends bytes, one thread writes batches.
 
-Per request, `log_encoded_nowait(tail)` appends `(time_ns, request number, tail)` to a bounded
-deque, where `tail` is the pre-encoded rest of the line (`encode_tail`, once per outcome): no
-entry object, no serialisation, no syscall. At most every `flush_interval` the `run()` task
-formats what has gathered, on the event loop in short slices, and hands the bytes of up to
-`MAX_BATCH` lines to a worker thread for one write(2), so a slow disk blocks that thread, never the
-loop (issue 12: the old design built and serialised an object graph per request and cost more than
-the rest of the pipeline).
+Per request, `log_encoded_nowait(tail)` puts the time and a request id in front of `tail`, the
+pre-encoded rest of the line (`encode_tail`, once per outcome), with one bytes `%`, and appends
+the line to a bounded deque: no entry object, no serialisation, no syscall (issue 12: the old
+design built and serialised an object graph per request and cost more than the rest of the
+pipeline). At most every `flush_interval` the `run()` task joins what has gathered (up to
+`MAX_BATCH` lines, one C-level join) and hands it to a worker thread for one write(2), so a slow
+disk blocks that thread and fills the buffer, never the event loop.
 
 Durability: lines reach the kernel within `flush_interval` (10 ms by default) of the request; the
 file is fsync'ed when the log is closed and before a rotated file is let go (SIGHUP reopen), not
@@ -50,21 +50,16 @@ __all__ = [
 
 logger = logging.getLogger("sentinel.audit")
 
-# About 0.3 s of lines at 100k requests/s (some 4 MB): a disk that stalls for longer drops lines.
-DEFAULT_CAPACITY = 32_768
+# About 1 s of lines at 130k requests/s (some 60 MB at most, only while the disk stalls; writes
+# to a busy disk were seen to block for 0.2-0.5 s): a longer stall drops lines.
+DEFAULT_CAPACITY = 131_072
 DEFAULT_FLUSH_INTERVAL = 0.01
-# Lines per write(2) (about 1.7 MB). A hand-off to the writer thread takes a few GIL switch
-# intervals (5 ms each) when the loop is busy, so under load a batch is whatever gathered
-# meanwhile; the cap keeps one write short when shutdown is waiting for it.
-MAX_BATCH = 4096
-# Lines formatted per event-loop turn: about 0.1 ms of work, so requests keep being answered
-# in between (a whole batch at once would show in the p99).
-_FORMAT_SLICE = 256
+# Lines per write(2) (about 7 MB). A hand-off to the writer thread takes a GIL switch interval
+# or two (5 ms each) when the loop is busy, so under load a batch is whatever gathered meanwhile;
+# the cap keeps one write short when shutdown is waiting for it.
+MAX_BATCH = 16_384
 WARNING_INTERVAL = 60.0
 _FULL = "decision log buffer is full or closed; dropping entries"
-
-# A buffered line: (wall time in ns, request number, tail); time -1 means the tail is a whole line.
-_Item = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +166,10 @@ class DecisionLogger:
             raise ConfigError(f"--decision-log {destination}: {error.strerror or error}") from None
         self._capacity = capacity
         self._flush_interval = flush_interval
-        self._buffer: deque[_Item] = deque()
+        self._buffer: deque[bytes] = deque()
         self._ids = request_ids or RequestIds()
         self._numbers = self._ids.counter
-        self._formatter = LineFormatter(self._ids.prefix)
+        self._line = LineFormatter(self._ids.prefix).line
         # anyio's Event and Lock may be created outside the event loop; they bind to it on first use.
         self._wakeup = anyio.Event()
         self._lock = anyio.Lock()
@@ -214,7 +209,7 @@ class DecisionLogger:
         if len(buffer) >= self._capacity:
             self._drop(1, _FULL)
             return
-        buffer.append((time.time_ns(), next(self._numbers), tail))
+        buffer.append(self._line(time.time_ns(), next(self._numbers), tail))
         if len(buffer) == 1:
             # Only the empty -> non-empty edge needs a wake-up: a writer that is busy re-checks
             # the buffer before it waits again.
@@ -231,7 +226,7 @@ class DecisionLogger:
             # A value of the wrong type (a caller's bug) loses that entry, nothing else.
             self._account(1, 0, [f"unserializable entry: {error}"])
             return
-        self._buffer.append((-1, 0, line))
+        self._buffer.append(line)
         if len(self._buffer) == 1:
             self._wakeup.set()
 
@@ -246,54 +241,55 @@ class DecisionLogger:
         return DecisionLogStatistics(written, dropped, len(self._buffer) + self._in_flight, write_errors)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The background writer: waits for lines, lets a batch gather, writes it, until `aclose()`."""
+        """The background writer: waits for lines, lets a batch gather, writes it, until `aclose()`.
+
+        Sleeps `flush_interval` before every batch, also when lines are waiting: under load that
+        is what makes one write (and one thread hand-off) per interval instead of many small ones."""
         task_status.started()
         while self._fd is not None:  # None once closed
             if not self._buffer and not self._reopen_requested:
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
-                # One write per interval rather than one per request: the interval is the batching.
-                await anyio.sleep(self._flush_interval)
-            await self.flush()
+            await anyio.sleep(self._flush_interval)
+            await self._write_batch()
 
     async def flush(self) -> None:
         """Write everything pending, including what arrives meanwhile; returns when the buffer is empty."""
-        while self._buffer or self._reopen_requested:
-            # One batch per lock hold: batches are taken in order and written one at a time, and
-            # `aclose` can get in between batches when its deadline has passed.
-            async with self._lock:
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                if self._fd is None:
-                    return
-                count, data = await self._take_batch()
-                reopen, self._reopen_requested = self._reopen_requested, False
-                try:
-                    if self._path is None:
-                        # stderr is shared with the process's own log lines, which are written on
-                        # this thread: writing here too keeps each line whole.
-                        written, errors = self._write(data, count, reopen)
-                    else:
-                        # Not abandoned on cancellation: the thread owns the fd until it returns.
-                        written, errors = await anyio.to_thread.run_sync(self._write, data, count, reopen)
-                finally:
-                    self._in_flight = 0
-                self._account(count, written, errors)
+        while (self._buffer or self._reopen_requested) and self._fd is not None:
+            await self._write_batch()
 
-    async def _take_batch(self) -> tuple[int, bytes]:
-        """Up to MAX_BATCH lines from the buffer, formatted a slice per event-loop turn."""
-        buffer, formatter = self._buffer, self._formatter
-        lines: list[bytes] = []
-        count = min(len(buffer), MAX_BATCH)
-        self._in_flight = count
-        done = 0
-        while done < count:
-            size = min(count - done, _FORMAT_SLICE)
-            formatter.extend(lines, [buffer.popleft() for _ in range(size)])
-            done += size
-            if done < count:
-                # Taken lines are written even if the caller is cancelled meanwhile.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-        return count, b"".join(lines)
+    async def _write_batch(self) -> None:
+        # One batch per lock hold: batches are taken in order and written one at a time, and
+        # `aclose` can get in between batches when its deadline has passed.
+        async with self._lock:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if self._fd is None or not (self._buffer or self._reopen_requested):
+                return  # closed, or another writer took the lines meanwhile
+            count, data = self._take_batch()
+            reopen, self._reopen_requested = self._reopen_requested, False
+            try:
+                if self._path is None:
+                    # stderr is shared with the process's own log lines, which are written on
+                    # this thread: writing here too keeps each line whole.
+                    written, errors = self._write(data, count, reopen)
+                else:
+                    # Not abandoned on cancellation: the thread owns the fd until it returns.
+                    written, errors = await anyio.to_thread.run_sync(self._write, data, count, reopen)
+            finally:
+                self._in_flight = 0
+            self._account(count, written, errors)
+
+    def _take_batch(self) -> tuple[int, bytes]:
+        """Up to MAX_BATCH lines from the buffer, joined; counted as in flight until written."""
+        buffer = self._buffer
+        if len(buffer) <= MAX_BATCH:
+            # The common case: take the whole deque and start a new one, in O(1).
+            self._buffer = deque()
+            batch: deque[bytes] | list[bytes] = buffer
+        else:
+            batch = [buffer.popleft() for _ in range(MAX_BATCH)]
+        self._in_flight = len(batch)
+        return len(batch), b"".join(batch)
 
     async def aclose(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (see DecisionLog)
         """Stop accepting lines, write what is pending for up to `timeout` seconds, fsync, close.
