@@ -8,10 +8,11 @@ pipeline). At most every `flush_interval` the `run()` task joins what has gather
 `MAX_BATCH` lines, one C-level join) and hands it to a worker thread for one write(2), so a slow
 disk blocks that thread and fills the buffer, never the event loop.
 
-Durability: lines reach the kernel within `flush_interval` (10 ms by default) of the request; the
-file is fsync'ed when the log is closed and before a rotated file is let go (SIGHUP reopen), not
-per batch. A full buffer drops the new line and counts it (metrics and a rate-limited warning);
-a failing disk counts and warns; neither reaches the caller.
+Durability: lines reach the kernel within `flush_interval` (50 ms by default) of the request, so
+a SIGKILL or a crash loses at most that much; the file is fsync'ed when the log is closed and
+before a rotated file is let go (SIGHUP reopen), not per batch (a power loss can cost what the
+kernel had not written back yet). A full buffer drops the new line and counts it (metrics and a
+rate-limited warning); a failing disk counts and warns; neither reaches the caller.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ logger = logging.getLogger("sentinel.audit")
 # About 1 s of lines at 130k requests/s (some 60 MB at most, only while the disk stalls; writes
 # to a busy disk were seen to block for 0.2-0.5 s): a longer stall drops lines.
 DEFAULT_CAPACITY = 131_072
-DEFAULT_FLUSH_INTERVAL = 0.01
+# Each batch costs a lock, a timer and a thread hand-off (profiled under load: a few percent of
+# the server's CPU at 100 batches/s), so fewer, larger batches.
+DEFAULT_FLUSH_INTERVAL = 0.05
 # Lines per write(2) (about 7 MB). A hand-off to the writer thread takes a GIL switch interval
 # or two (5 ms each) when the loop is busy, so under load a batch is whatever gathered meanwhile;
 # the cap keeps one write short when shutdown is waiting for it.
