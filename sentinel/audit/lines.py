@@ -113,15 +113,17 @@ class LineFormatter:
         prefix = orjson.dumps(request_id_prefix)[1:-1].replace(b"%", b"%%")  # escaped, in case
         self._fraction = b'{"time":"%b.%06dZ","request_id":"' + prefix + b'-%x",%b'
         self._whole = b'{"time":"%bZ","request_id":"' + prefix + b'-%x",%b'
-        self._second = -1
+        self._second = 0  # the second being stamped, in µs since the epoch
         self._stamp = b""
 
     def line(self, nanoseconds: int, number: int, tail: bytes) -> bytes:
-        second, fraction = divmod(nanoseconds, 1_000_000_000)
-        if second != self._second:
-            self._second = second
+        # One subtraction and a chained compare per call; the stamp changes once a second.
+        micros = nanoseconds // 1000 - self._second
+        if not 0 <= micros < 1_000_000:
+            second = nanoseconds // 1_000_000_000
+            self._second = second * 1_000_000
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        micros = fraction // 1000
+            micros = nanoseconds // 1000 - self._second
         if micros:
             return self._fraction % (self._stamp, micros, number, tail)
         return self._whole % (self._stamp, number, tail)
