@@ -481,3 +481,33 @@ async def test_stderr_takes_encoded_lines_too(capfd: pytest.CaptureFixture[str])
     (line,) = capfd.readouterr().err.splitlines()
     assert line.startswith('{"time":"')
     assert orjson.loads(line)["request_id"] == "00000002-1"
+
+
+async def test_a_backlog_of_several_batches_keeps_order_ids_and_each_line_its_own_fields(
+    tmp_path: Path,
+) -> None:
+    """No writer running: an allow tail for MAX_BATCH + 5 lines, a whole entry, a deny tail up
+    to past 2 x MAX_BATCH, then allows again; flush. Every line is there once, in order, ids
+    counting up, each with the fields it was logged with, across the batch boundaries."""
+    path = tmp_path / "log"
+    plan = [("allow", MAX_BATCH + 5), ("entry", 1), ("deny", MAX_BATCH), ("allow", 7)]
+    total = sum(count for _, count in plan)
+    log = DecisionLogger(str(path), capacity=total, request_ids=RequestIds("0000000a"))
+    tails = {"allow": encode_tail(allow()), "deny": encode_tail(deny("ignored"))}
+    for kind, count in plan:
+        for _ in range(count):
+            if kind == "entry":
+                log.log_nowait(allow("whole"))
+            else:
+                log.log_encoded_nowait(tails[kind])
+    await log.flush()
+    entries = lines(path)
+    assert [e["user"] for e in entries] == [
+        user for kind, count in plan for user in ["mallory" if kind == "deny" else "alice"] * count
+    ]
+    ids = [e["request_id"] for e in entries]
+    assert ids[MAX_BATCH + 5] == "whole"
+    numbered = ids[: MAX_BATCH + 5] + ids[MAX_BATCH + 6 :]
+    assert numbered == [f"0000000a-{n:x}" for n in range(1, total)]
+    await log.aclose()
+    assert log.statistics() == DecisionLogStatistics(written=total, dropped=0, pending=0, write_errors=0)
