@@ -32,8 +32,9 @@ from bench.tools import MissingTool, Pinning, find_tools, machine_info
 RESULTS = Path(__file__).with_name("results")
 REPORT = Path(__file__).with_name("RESULTS.md")
 _log = logging.getLogger("bench")
-# The tracked hot path (d), the same without tracking (b), and the decision log's cost (h).
-PROFILED = ("d", "b", "h")
+# The tracked hot path (d), the same without tracking (b), the decision log's cost (h), and the
+# production configuration (p).
+PROFILED = ("d", "b", "h", "p")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,6 +23,7 @@ _LABELS = {
     "g": "inline",
     "h": "log",
     "j": "overflow",
+    "p": "prod",
 }
 
 

@@ -1,4 +1,4 @@
-"""Scenarios a-j of issue 6, the server processes they run against, and the run modes.
+"""Scenarios a-j of issue 6 (p: issue 12), the server processes they run against, and the run modes.
 
 A *server* is one process (nginx or a `bench.target`) started once and kept for the whole run; a
 *scenario* is a load on one server at one concurrency. The sweep (i) is scenario d's server at
@@ -62,6 +62,17 @@ def servers(ctx: Context) -> dict[str, Server]:
         Server("f", dynamodb, {"AWS_ENDPOINT_URL_DYNAMODB": ctx.unreachable_endpoint}),
         Server("g", (*dynamodb, "--inline-touch")),
         Server("h", (*base, "--decision-log", str(ctx.work / "decisions.jsonl"))),
+        # Issue 12: the production configuration, tracking and the audit trail together.
+        Server(
+            "p",
+            (
+                *sqlite,
+                "--session-db",
+                str(ctx.work / "p.db"),
+                "--decision-log",
+                str(ctx.work / "p-decisions.jsonl"),
+            ),
+        ),
         Server(
             "j",
             (
@@ -89,6 +100,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("f", "tracking on, store unreachable", "f"),
     Scenario("g", "baseline: inline touch + revocation read", "g"),
     Scenario("h", "tracking off, decision log to a file", "h"),
+    Scenario("p", "production: tracking on (SQLite) + decision log to a file", "p"),
     *(Scenario(f"i{c}", f"sweep: d at {c} connections", "d", c) for c in SWEEP if c != DEFAULT_CONNECTIONS),
     Scenario(
         "j",

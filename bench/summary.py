@@ -46,13 +46,19 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
     *((key, "a", "rps") for key in "bcdefghj"),
     *((key, "b", metric) for key in "cdefhj" for metric in ("rps", "p99_us")),
     ("d", "g", "rps"),
+    # Issue 12: the production configuration against nginx, and the decision log on / off with
+    # tracking (p / c) and without it (h / b, above).
+    ("p", "a", "rps"),
+    ("p", "a", "p99_us"),
+    ("p", "c", "rps"),
+    ("p", "c", "p99_us"),
     ("e", "d", "rps"),
     ("e", "d", "p99_us"),
     # The same comparisons by CPU cost, which time-sharing with other work on the box does not
     # distort the way it distorts throughput (see `_value`).
     *(
         (top, bottom, "capacity_rps")
-        for top, bottom in ("da", "ba", "cb", "db", "eb", "fb", "hb", "ed", "dg")
+        for top, bottom in ("da", "ba", "cb", "db", "eb", "fb", "hb", "ed", "dg", "pa", "pc")
     ),
 )
 
@@ -186,6 +192,10 @@ def targets(
         Target("(d)/(b) p99", r("d/b p99_us"), "<=", 1.10),
         throughput("e", "d", 0.95),
         throughput("d", "g", 100),
+        throughput("p", "a", 0.60),
+        Target("(p)/(a) p99", r("p/a p99_us"), "<=", 2.0),
+        throughput("h", "b", 0.90),
+        throughput("p", "c", 0.90),
         Target("store writes per session per second, worst sweep point", worst_writes, "<=", 1.1),
         Target("p99 of (d) at 16 connections", None if p99_16 is None else p99_16 / 1000, "<=", 1.0, "ms"),
         Target("soak RSS growth", soak_growth_mb, "<=", 10.0, "MB"),

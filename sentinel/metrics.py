@@ -2,44 +2,83 @@
 
 Deliberately tiny: incrementing a counter is a dict lookup and an integer add, cheap enough for
 the hot path. No global registry: the daemon creates one `Registry` and passes it to the parts.
+The output is checked by Prometheus's own parser (tests/test_metrics_exposition.py).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeVar
 
 LabelValues = tuple[str, ...]
 Kind = Literal["counter", "gauge"]
 
+# The data model's names (https://prometheus.io/docs/concepts/data_model/); checked once, at
+# registration, so a typo fails at startup instead of making every scrape unparseable.
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _escape_help(text: str) -> str:
+    # HELP escapes backslash and newline only; a quote stays as it is.
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    # The format's spellings; Python's str() would say nan and inf.
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
 class _Metric:
-    __slots__ = ("_values", "help", "kind", "labels", "name")
+    __slots__ = ("_function", "_values", "help", "kind", "labels", "name")
 
     def __init__(self, name: str, help_text: str, kind: Kind, labels: Iterable[str]) -> None:
+        if not _METRIC_NAME.fullmatch(name):
+            raise ValueError(f"invalid metric name {name!r}")
         self.name = name
         self.help = help_text
         self.kind = kind
         self.labels = tuple(labels)
+        bad = [label for label in self.labels if not _LABEL_NAME.fullmatch(label) or label.startswith("__")]
+        if bad:
+            raise ValueError(f"invalid label name(s) {bad} on metric {name}")
         self._values: dict[LabelValues, float] = {}
+        self._function: Callable[[], float] | None = None
         if not self.labels:
             self._values[()] = 0
 
+    def set_function(self, function: Callable[[], float]) -> None:
+        """Read the (unlabelled) value from `function` at scrape time instead.
+
+        For a counter, `function` must never go down (a count kept elsewhere, e.g. a statistics()
+        field); that keeps the hot path free of metric updates."""
+        if self.labels:
+            raise ValueError(f"metric {self.name} has labels; a function gives one unlabelled value")
+        self._function = function
+
     def value(self, *labels: str) -> float:
+        if self._function is not None and not labels:
+            return self._function()
         return self._values.get(labels, 0)
 
     def samples(self) -> list[tuple[LabelValues, float]]:
+        if self._function is not None:
+            return [((), self._function())]
         return sorted(self._values.items())
 
     def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
+        yield f"# HELP {self.name} {_escape_help(self.help)}"
         yield f"# TYPE {self.name} {self.kind}"
         for labels, value in self.samples():
-            number = int(value) if float(value).is_integer() else value
+            number = _number(value)
             if labels:
                 pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labels, labels, strict=True))
                 yield f"{self.name}{{{pairs}}} {number}"
@@ -60,22 +99,13 @@ class Counter(_Metric):
 class Gauge(_Metric):
     """A value that goes up and down; `set_function` reads it at scrape time instead."""
 
-    __slots__ = ("_function",)
+    __slots__ = ()
 
     def __init__(self, name: str, help_text: str, labels: Iterable[str] = ()) -> None:
         super().__init__(name, help_text, "gauge", labels)
-        self._function: Callable[[], float] | None = None
 
     def set(self, value: float, *labels: str) -> None:
         self._values[labels] = value
-
-    def set_function(self, function: Callable[[], float]) -> None:
-        self._function = function
-
-    def samples(self) -> list[tuple[LabelValues, float]]:
-        if self._function is not None:
-            return [((), self._function())]
-        return super().samples()
 
 
 class Registry:

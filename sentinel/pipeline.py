@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import orjson
 
-from sentinel.audit import DecisionEntry, DecisionLog
+from sentinel.audit import DecisionEntry, DecisionLog, encode_tail
 from sentinel.clock import Clock
 from sentinel.credentials import CacheKey, CredentialCache, Credentials, effective_duration
 from sentinel.errors import CredentialError
@@ -84,6 +84,9 @@ class Pipeline:
         # The decision of the current policy object when it has no time condition (see _evaluate).
         self._seen_policy: Policy | None = None
         self._constant_decision: Decision | None = None
+        # The decision log's line tail for the latest outcome, and what it was encoded from.
+        self._audit_outcome: tuple[object, ...] = ()
+        self._audit_tail = b""
 
     @property
     def identity(self) -> Identity:
@@ -264,13 +267,34 @@ class Pipeline:
     ) -> None:
         audit = self._audit
         if not audit.enabled:
-            return  # building an entry costs microseconds; skip it when nobody reads it
-        identity = self._identity
+            return
         policy = self._policy.current
-        audit.log_nowait(
+        # All of a line but its time and request id depends only on this outcome, which is the
+        # same request after request: encode it once, and pass the log those bytes (issue 12).
+        # Tuple comparison checks identity first, so the hit costs one tuple and no __eq__ call.
+        outcome = (policy, decision, credentials, status, cache_hit, reason, caller)
+        if outcome != self._audit_outcome:
+            self._audit_outcome = outcome
+            self._audit_tail = self._encode_tail(
+                policy, decision, status, cache_hit, credentials, reason, caller
+            )
+        audit.log_encoded_nowait(self._audit_tail)
+
+    def _encode_tail(
+        self,
+        policy: Policy,
+        decision: Decision,
+        status: int,
+        cache_hit: bool,
+        credentials: Credentials | None,
+        reason: str | None,
+        caller: Caller | None,
+    ) -> bytes:
+        identity = self._identity
+        return encode_tail(
             DecisionEntry(
-                time=self._clock.now(),
-                request_id=audit.new_request_id(),
+                time=self._clock.now(),  # not in the tail: the log stamps each line itself
+                request_id="",
                 user=identity.user,
                 profile=identity.profile,
                 # A reason overrides an allowing decision (the session gate): that request was

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import orjson
 import pytest
 
@@ -22,8 +23,11 @@ from sentinel.audit import (
     DecisionEntry,
     DecisionLogger,
     DecisionLogStatistics,
+    LineFormatter,
     NullDecisionLogger,
     RequestIds,
+    encode_entry,
+    encode_tail,
     open_decision_log,
 )
 from sentinel.errors import ConfigError
@@ -370,3 +374,142 @@ async def test_open_decision_log_with_a_path(tmp_path: Path) -> None:
     assert log.enabled
     assert log.new_request_id() == "00000000-1"
     await log.aclose()
+
+
+# -- issue 12: the hot path appends a pre-encoded tail ---------------------------------------------
+
+
+def _nanoseconds(moment: datetime) -> int:
+    return int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+@pytest.mark.parametrize("moment", [NOW, NOW.replace(microsecond=0)], ids=["fraction", "whole-second"])
+def test_a_line_from_a_tail_is_byte_for_byte_the_line_of_the_entry(moment: datetime) -> None:
+    """Format (time, request number, encode_tail(entry)) and encode the whole entry with that
+    time and request id: the same bytes, for an allow and a deny (nulls), with and without a
+    fraction of a second (orjson leaves it out when it is zero)."""
+    for entry in (allow(), deny("r-0")):
+        # Sub-microsecond digits are dropped, as datetime has none.
+        line = LineFormatter("cafe0001").line(_nanoseconds(moment) + 789, 0x2A, encode_tail(entry))
+        assert line == encode_entry(dataclasses.replace(entry, time=moment, request_id="cafe0001-2a"))
+
+
+async def test_encoded_lines_are_stamped_numbered_and_carry_every_field(tmp_path: Path) -> None:
+    """Run the writer, log three pre-encoded lines, wait until written: every field of the entry
+    in its order, the time of logging in UTC, request ids from the shared counter."""
+    path = tmp_path / "log"
+    ids = RequestIds("0badcafe")
+    log = DecisionLogger(str(path), request_ids=ids)
+    tail = encode_tail(allow())
+    async with anyio.create_task_group() as tg:
+        await tg.start(log.run)
+        before = datetime.now(UTC)
+        for _ in range(3):
+            log.log_encoded_nowait(tail)
+        await until(lambda: log.statistics().written == 3)
+        after = datetime.now(UTC)
+        assert ids.new_request_id() == "0badcafe-4"  # the counter is shared, never reused
+        await log.aclose()
+    entries = lines(path)
+    assert [entry["request_id"] for entry in entries] == ["0badcafe-1", "0badcafe-2", "0badcafe-3"]
+    for entry in entries:
+        assert list(entry) == list(ALLOW)
+        assert {**entry, "time": None, "request_id": None} == {**ALLOW, "time": None, "request_id": None}
+        stamped = datetime.fromisoformat(entry["time"])
+        assert entry["time"].endswith("Z")
+        assert before - timedelta(microseconds=1) <= stamped <= after
+
+
+async def test_encoded_lines_on_a_full_buffer_drop_count_and_warn_without_blocking(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No writer running, capacity 3: 5 lines -> 3 pending, 2 dropped; the metrics say so (a
+    pending gauge too), one rate-limited warning; the kept lines have ids 1-3 (a dropped line
+    takes no number)."""
+    caplog.set_level(logging.WARNING, logger="sentinel.audit")
+    registry = Registry()
+    path = tmp_path / "log"
+    log = DecisionLogger(
+        str(path), capacity=3, registry=registry, clock=FakeClock(), request_ids=RequestIds("00000001")
+    )
+    tail = encode_tail(allow())
+    for _ in range(5):
+        log.log_encoded_nowait(tail)
+    assert log.statistics() == DecisionLogStatistics(written=0, dropped=2, pending=3, write_errors=0)
+    rendered = registry.render()
+    assert "sentinel_decision_log_dropped_total 2\n" in rendered
+    assert "sentinel_decision_log_pending 3\n" in rendered
+    assert [r.getMessage() for r in caplog.records] == [
+        "decision log buffer is full or closed; dropping entries"
+    ]
+    await log.aclose()
+    assert [line["request_id"] for line in lines(path)] == [f"00000001-{n}" for n in (1, 2, 3)]
+    assert "sentinel_decision_log_pending 0\n" in registry.render()
+
+
+async def test_rotation_in_the_middle_of_a_stream_loses_and_repeats_no_line(tmp_path: Path) -> None:
+    """logrotate's order while lines keep coming: rename, then reopen. 3000 lines logged in
+    bursts of 100 with the writer running: the first 500 are written, 500 more are pending when
+    the file is renamed and reopen() requested, 2000 follow; close. The old file holds the first
+    500, both files together every request id exactly once, in order; the new file is 0600."""
+    path = tmp_path / "log"
+    log = DecisionLogger(str(path), request_ids=RequestIds("0000000f"))
+    tail = encode_tail(allow())
+    async with anyio.create_task_group() as tg:
+        await tg.start(log.run)
+        for burst in range(30):
+            if burst == 5:
+                await until(lambda: log.statistics().written == 500)
+            if burst == 10:
+                assert log.statistics().pending > 0
+                path.rename(tmp_path / "log.1")
+                log.reopen()
+            for _ in range(100):
+                log.log_encoded_nowait(tail)
+            await anyio.lowlevel.checkpoint()
+        await log.aclose()
+    old, new = lines(tmp_path / "log.1"), lines(path)
+    assert len(old) >= 500
+    assert new
+    assert [e["request_id"] for e in old + new] == [f"0000000f-{n:x}" for n in range(1, 3001)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert log.statistics() == DecisionLogStatistics(written=3000, dropped=0, pending=0, write_errors=0)
+
+
+async def test_stderr_takes_encoded_lines_too(capfd: pytest.CaptureFixture[str]) -> None:
+    """`-` (also what journald reads from a service's stderr): one JSON object per line, no prefix."""
+    async with DecisionLogger("-", request_ids=RequestIds("00000002")) as log:
+        log.log_encoded_nowait(encode_tail(deny("ignored")))
+    (line,) = capfd.readouterr().err.splitlines()
+    assert line.startswith('{"time":"')
+    assert orjson.loads(line)["request_id"] == "00000002-1"
+
+
+async def test_a_backlog_of_several_batches_keeps_order_ids_and_each_line_its_own_fields(
+    tmp_path: Path,
+) -> None:
+    """No writer running: an allow tail for MAX_BATCH + 5 lines, a whole entry, a deny tail up
+    to past 2 x MAX_BATCH, then allows again; flush. Every line is there once, in order, ids
+    counting up, each with the fields it was logged with, across the batch boundaries."""
+    path = tmp_path / "log"
+    plan = [("allow", MAX_BATCH + 5), ("entry", 1), ("deny", MAX_BATCH), ("allow", 7)]
+    total = sum(count for _, count in plan)
+    log = DecisionLogger(str(path), capacity=total, request_ids=RequestIds("0000000a"))
+    tails = {"allow": encode_tail(allow()), "deny": encode_tail(deny("ignored"))}
+    for kind, count in plan:
+        for _ in range(count):
+            if kind == "entry":
+                log.log_nowait(allow("whole"))
+            else:
+                log.log_encoded_nowait(tails[kind])
+    await log.flush()
+    entries = lines(path)
+    assert [e["user"] for e in entries] == [
+        user for kind, count in plan for user in ["mallory" if kind == "deny" else "alice"] * count
+    ]
+    ids = [e["request_id"] for e in entries]
+    assert ids[MAX_BATCH + 5] == "whole"
+    numbered = ids[: MAX_BATCH + 5] + ids[MAX_BATCH + 6 :]
+    assert numbered == [f"0000000a-{n:x}" for n in range(1, total)]
+    await log.aclose()
+    assert log.statistics() == DecisionLogStatistics(written=total, dropped=0, pending=0, write_errors=0)

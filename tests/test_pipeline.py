@@ -10,6 +10,7 @@ that no request waits for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ import pytest
 
 from harness.faulty_store import FaultyStore
 from sentinel.assembly import Hooks, assemble
+from sentinel.audit import DecisionEntry
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.config import ServerConfig
 from sentinel.metrics import Registry
@@ -66,7 +68,11 @@ class Wired:
 
 @asynccontextmanager
 async def wiring(
-    tmp_path: Path, clock: Clock = SYSTEM_CLOCK, *, prefetch: bool = True
+    tmp_path: Path,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    prefetch: bool = True,
+    decision_log: Path | None = None,
 ) -> AsyncIterator[Wired]:
     """The daemon's assembly, minus the daemon: policy, cache, tracker, pipeline, listener, with
     the store behind a `FaultyStore` and the pipeline on `clock`.
@@ -84,6 +90,7 @@ async def wiring(
         revocation_poll=0.05,
         shutdown_timeout=DEADLINE,
         lazy=not prefetch,
+        decision_log=str(decision_log) if decision_log is not None else None,
     )
     stores: list[FaultyStore] = []
 
@@ -287,3 +294,44 @@ async def test_a_cold_request_counts_one_decision(aws_files: None, tmp_path: Pat
         decisions = wired.registry.get("policy_decisions_total")
         assert decisions is not None
         assert decisions.value("allow") == 2
+
+
+async def test_each_request_logs_one_line_with_every_field_of_its_outcome(
+    aws_files: None, tmp_path: Path
+) -> None:
+    """The decision log behind the real pipeline, over loopback HTTP (issue 12: the pipeline
+    passes pre-encoded tails, encoded once per outcome).
+    1. Nothing prefetched: the first request is a cold allow (cache_hit false), the next two hot.
+    2. The policy is replaced by a deny and reloaded: one request is refused (403).
+    3. The log is closed: four lines, every DecisionEntry field in its order, each line's fields
+       those of its own outcome (the policy hash changes with the reload), unique request ids."""
+    path = tmp_path / "decisions.jsonl"
+    async with wiring(tmp_path, prefetch=False, decision_log=path) as wired:
+        client = await KeepAlive.open(wired.server, wired.token)
+        try:
+            statuses = [(await client.get())[0] for _ in range(3)]
+            allow_hash = wired.watcher.current.content_hash
+            wired.policy.write_text(DENY_POLICY)
+            assert await wired.watcher.reload()
+            statuses.append((await client.get())[0])
+        finally:
+            await client.close()
+    # Leaving the assembly closed the log: every line is in the file.
+    assert statuses == [200, 200, 200, 403]
+    entries = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    fields = [field.name for field in dataclasses.fields(DecisionEntry)]
+    assert [list(entry) for entry in entries] == [fields] * 4
+    prefix = entries[0]["request_id"].rsplit("-", 1)[0]
+    assert [e["request_id"] for e in entries] == [f"{prefix}-{n}" for n in range(1, 5)]
+    assert [(e["status"], e["effect"], e["cache_hit"]) for e in entries] == [
+        (200, "allow", False),
+        (200, "allow", True),
+        (200, "allow", True),
+        (403, "deny", False),
+    ]
+    assert [e["rule"] for e in entries] == ["allow-demo"] * 3 + ["deny-demo"]
+    assert entries[0]["policy_hash"] == allow_hash != entries[3]["policy_hash"]
+    assert entries[3]["reason"] == "demo profile is closed for maintenance"
+    assert entries[3]["expiration"] is None
+    assert all(e["expiration"].endswith("Z") for e in entries[:3])
+    assert len({e["time"] for e in entries}) == 4  # stamped per request, not per outcome

@@ -59,11 +59,14 @@ class ShutdownSummary:
 def export_metrics(registry: Registry, statistics: Callable[[], TrackerStatistics]) -> None:
     """Expose the tracker's counters on `/metrics`, read at scrape time (no per-touch cost).
 
-    `Registry` only has function-backed gauges, so the monotonic counts are gauges too; their
-    `_total` names still tell a reader they only go up."""
+    A `_total` name is a count that only goes up, so it is exposed as a counter (Prometheus's
+    convention, which `rate()` relies on); the rest are gauges."""
 
     def export(name: str, help_text: str, read: Callable[[TrackerStatistics], float]) -> None:
-        registry.gauge(name, help_text).set_function(lambda: read(statistics()))
+        metric = (
+            registry.counter(name, help_text) if name.endswith("_total") else registry.gauge(name, help_text)
+        )
+        metric.set_function(lambda: read(statistics()))
 
     export("session_touch_queued_total", "Touch events accepted onto the queue.", lambda s: s.queued)
     export("session_touch_dropped_total", "Touch events dropped on a full queue.", lambda s: s.dropped)
