@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from anyio.abc import TaskGroup
 
 from sentinel.audit import DecisionLog, open_decision_log
 from sentinel.clock import SYSTEM_CLOCK, Clock
-from sentinel.config import ServerConfig
+from sentinel.config import ServerConfig, default_server_instance_id
 from sentinel.credentials import (
     CredentialCache,
     CredentialSource,
@@ -170,7 +169,7 @@ async def assemble(
             session_id=session_id,
             user=identity.user,
             profile=identity.profile,
-            server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
+            server_instance_id=config.server_instance_id or default_server_instance_id(identity.profile),
             source_identity=identity.source_identity,
         )
         store = await _open_store(config, stack, hooks, upstream)
