@@ -25,6 +25,7 @@ from sentinel.audit import DecisionLog, open_decision_log
 from sentinel.clock import SYSTEM_CLOCK, Clock
 from sentinel.config import ServerConfig, default_server_instance_id
 from sentinel.credentials import (
+    AwsContext,
     CredentialCache,
     CredentialSource,
     StsRoleAssumer,
@@ -151,8 +152,17 @@ async def assemble(
     cut it short and replaced any exception in flight."""
     registry = Registry()
     async with AsyncExitStack() as stack:
-        watcher = await _open_policy(config, stack)
-        upstream = await _open_upstream(config, stack, hooks.credentials)
+        base: AwsContext | GivenCredentials
+        if config.policy_parameter:
+            # The AWS context first (local: config files, base credentials): SSM is read with the
+            # server's profile and region, like STS and DynamoDB (issue 11 item 4).
+            base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+            watcher = await _open_policy(config, stack, base)
+        else:
+            # A policy file is read before AWS is touched: a typo or a missing file fails fast.
+            watcher = await _open_policy(config, stack, None)
+            base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+        upstream = await _open_upstream(config, stack, base)
         session_id = new_session_id()
         identity = Identity(
             user=upstream.user,
@@ -248,12 +258,18 @@ class _Upstream:
     aws_session: aioboto3.Session | None  # the base session, for DynamoDB
 
 
-async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWatcher:
+async def _open_policy(
+    config: ServerConfig, stack: AsyncExitStack, base: AwsContext | GivenCredentials | None
+) -> PolicyWatcher:
     source: PolicySource
     if config.policy_parameter:
-        source = await stack.enter_async_context(
-            SsmPolicySource(config.policy_parameter, region=config.region)
-        )
+        # The server's base session and region; with given credentials (the benchmarks) there is
+        # none, and the SDK's default chain and --region apply.
+        if isinstance(base, AwsContext):
+            ssm = SsmPolicySource(config.policy_parameter, session=base.session, region=base.plan.region)
+        else:
+            ssm = SsmPolicySource(config.policy_parameter, region=config.region)
+        source = await stack.enter_async_context(ssm)
     elif config.policy_file:
         source = FilePolicySource(config.policy_file)
     else:
@@ -264,12 +280,13 @@ async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWat
 
 
 async def _open_upstream(
-    config: ServerConfig, stack: AsyncExitStack, given: GivenCredentials | None
+    config: ServerConfig, stack: AsyncExitStack, base: AwsContext | GivenCredentials
 ) -> _Upstream:
-    profile = config.profile or "default"
-    if given is not None:
-        return _Upstream(given.user, profile, given.role_arn, config.region, lambda _: given.source, None)
-    aws = await open_aws(config.profile, config.region, config.role_arn)
+    if isinstance(base, GivenCredentials):
+        source = base.source
+        profile = config.profile or "default"
+        return _Upstream(base.user, profile, base.role_arn, config.region, lambda _: source, None)
+    aws = base
     sts = await stack.enter_async_context(aws.sts_client())
     caller = await resolve_user(sts)
 
