@@ -67,6 +67,12 @@ def _unchanged(part: _T) -> _T:
     return part
 
 
+def _step(text: str) -> None:
+    # Before each step that may wait on the network or a lock: the journal then says where a
+    # slow or hung startup is (and the lifecycle tests wait for these lines).
+    _log.info("startup: %s", text)
+
+
 @dataclass(frozen=True, slots=True)
 class GivenCredentials:
     """Serve credentials from `source` as `user`, instead of assuming a role through STS.
@@ -146,6 +152,10 @@ async def assemble(
 ) -> AsyncIterator[Assembly]:
     """Startup (DESIGN.md §5) up to a bound, ready listener; leaving the block tears it all down.
 
+    Each slow step is logged (`startup: ...`) before it starts. Startup may be cancelled at any
+    await (SIGTERM, issue 10): what was built is closed, and once the tracker runs `shutdown()`
+    runs too, so a record created meanwhile ends expired.
+
     The background tasks live in a task group inside the exit stack: they are cancelled after
     `shutdown()`, and only then are clients and the store closed. A task group around this block
     instead, cancelled from inside it, made every checkpoint of the closing raise Cancelled, which
@@ -157,11 +167,13 @@ async def assemble(
             # The AWS context first (local: config files, base credentials): SSM is read with the
             # server's profile and region, like STS and DynamoDB (issue 11 item 4).
             base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+            _step(f"loading the policy from ssm:{config.policy_parameter}")
             watcher = await _open_policy(config, stack, base)
         else:
             # A policy file is read before AWS is touched: a typo or a missing file fails fast.
             watcher = await _open_policy(config, stack, None)
             base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+        _step("asking STS who the base credentials belong to")
         upstream = await _open_upstream(config, stack, base)
         session_id = new_session_id()
         identity = Identity(
@@ -182,6 +194,7 @@ async def assemble(
             server_instance_id=config.server_instance_id or default_server_instance_id(identity.profile),
             source_identity=identity.source_identity,
         )
+        _step("opening the session store")
         store = await _open_store(config, stack, hooks, upstream)
         tracker = _tracker(config, hooks, store, template, registry)
         audit = open_decision_log(config.decision_log, registry=registry)
@@ -196,6 +209,7 @@ async def assemble(
             server_duration=config.server_duration,
         )
         if not config.lazy:
+            _step("fetching credentials from STS")
             await _prefetch(pipeline)
         token = secrets.token_urlsafe(32)
         server = None
@@ -205,20 +219,6 @@ async def assemble(
                 service, token=token, host=config.host, port=config.port, metrics=registry
             )
         async with anyio.create_task_group() as background:
-            await background.start(tracker.run)
-            await background.start(watcher.run)
-            await background.start(audit.run)
-            # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
-            with anyio.move_on_after(max(config.shutdown_timeout, 1)):
-                await tracker.start_session()
-            _log.info(
-                "session %s for %s (profile %s, role %s) on %s",
-                session_id,
-                identity.user,
-                identity.profile,
-                identity.role_arn,
-                server.url if server else "no listener",
-            )
             assembly = Assembly(
                 config=config,
                 server=server,
@@ -235,6 +235,22 @@ async def assemble(
                 background=background,
             )
             try:
+                await background.start(tracker.run)
+                await background.start(watcher.run)
+                await background.start(audit.run)
+                _step("creating the session record")
+                # Best-effort and bounded: the tracker keeps retrying in the background if this
+                # fails. Inside the `try`: a startup cancelled here still expires the record.
+                with anyio.move_on_after(max(config.shutdown_timeout, 1)):
+                    await tracker.start_session()
+                _log.info(
+                    "session %s for %s (profile %s, role %s) on %s",
+                    session_id,
+                    identity.user,
+                    identity.profile,
+                    identity.role_arn,
+                    server.url if server else "no listener",
+                )
                 yield assembly
             finally:
                 try:
