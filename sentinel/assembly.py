@@ -194,7 +194,8 @@ async def assemble(
             server_instance_id=config.server_instance_id or default_server_instance_id(identity.profile),
             source_identity=identity.source_identity,
         )
-        _step("opening the session store")
+        if not config.no_session_tracking:
+            _step("opening the session store")
         store = await _open_store(config, stack, hooks, upstream)
         tracker = _tracker(config, hooks, store, template, registry)
         audit = open_decision_log(config.decision_log, registry=registry)
