@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -92,3 +93,16 @@ class MotoServer:
             yield
         finally:
             self.start()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server is SIGSTOPped inside the block: the kernel still accepts connections and
+        takes requests, nobody answers them (a hung endpoint, not a refused one). SIGCONT after."""
+        if self._proc is None:
+            raise RuntimeError("moto_server is not running")
+        proc = self._proc
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            proc.send_signal(signal.SIGCONT)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from anyio.abc import TaskGroup
 
 from sentinel.audit import DecisionLog, open_decision_log
 from sentinel.clock import SYSTEM_CLOCK, Clock
-from sentinel.config import ServerConfig
+from sentinel.config import ServerConfig, default_server_instance_id
 from sentinel.credentials import (
+    AwsContext,
     CredentialCache,
     CredentialSource,
     StsRoleAssumer,
@@ -66,6 +66,12 @@ _T = TypeVar("_T")
 
 def _unchanged(part: _T) -> _T:
     return part
+
+
+def _step(text: str) -> None:
+    # Before each step that may wait on the network or a lock: the journal then says where a
+    # slow or hung startup is (and the lifecycle tests wait for these lines).
+    _log.info("startup: %s", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,10 @@ async def assemble(
 ) -> AsyncIterator[Assembly]:
     """Startup (DESIGN.md §5) up to a bound, ready listener; leaving the block tears it all down.
 
+    Each slow step is logged (`startup: ...`) before it starts. Startup may be cancelled at any
+    await (SIGTERM, issue 10): what was built is closed, and once the tracker runs `shutdown()`
+    runs too, so a record created meanwhile ends expired.
+
     The background tasks live in a task group inside the exit stack: they are cancelled after
     `shutdown()`, and only then are clients and the store closed. A task group around this block
     instead, cancelled from inside it, made every checkpoint of the closing raise Cancelled, which
@@ -160,8 +170,19 @@ async def assemble(
     async with AsyncExitStack() as stack:
         # First: a bad --allow-user fails the start before any AWS call (exit 78).
         users = stack.enter_context(open_user_gate(config.allow_user)) if listen else None
-        watcher = await _open_policy(config, stack)
-        upstream = await _open_upstream(config, stack, hooks.credentials)
+        base: AwsContext | GivenCredentials
+        if config.policy_parameter:
+            # The AWS context first (local: config files, base credentials): SSM is read with the
+            # server's profile and region, like STS and DynamoDB (issue 11 item 4).
+            base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+            _step(f"loading the policy from ssm:{config.policy_parameter}")
+            watcher = await _open_policy(config, stack, base)
+        else:
+            # A policy file is read before AWS is touched: a typo or a missing file fails fast.
+            watcher = await _open_policy(config, stack, None)
+            base = hooks.credentials or await open_aws(config.profile, config.region, config.role_arn)
+        _step("asking STS who the base credentials belong to")
+        upstream = await _open_upstream(config, stack, base)
         session_id = new_session_id()
         identity = Identity(
             user=upstream.user,
@@ -178,13 +199,14 @@ async def assemble(
             session_id=session_id,
             user=identity.user,
             profile=identity.profile,
-            server_instance_id=config.server_instance_id or f"{socket.gethostname()}-{secrets.token_hex(4)}",
+            server_instance_id=config.server_instance_id or default_server_instance_id(identity.profile),
             source_identity=identity.source_identity,
             # What `server-revoke` needs to deny these credentials on AWS, and for how long: no
             # rule can raise a served lifetime above the server's own ceiling (issue 13).
             role_arn=identity.role_arn,
             credential_lifetime=int(effective_duration(config.server_duration, None).total_seconds()),
         )
+        # The tracker opens the store itself, in the background when it cannot at once (issue 10).
         slot = StoreSlot()
         tracker = await _tracker(config, stack, hooks, upstream, slot, template, registry)
         audit = open_decision_log(config.decision_log, registry=registry)
@@ -199,6 +221,7 @@ async def assemble(
             server_duration=config.server_duration,
         )
         if not config.lazy:
+            _step("fetching credentials from STS")
             await _prefetch(pipeline)
         token = secrets.token_urlsafe(32)
         server = None
@@ -208,20 +231,6 @@ async def assemble(
                 service, token=token, host=config.host, port=config.port, metrics=registry, users=users
             )
         async with anyio.create_task_group() as background:
-            await background.start(tracker.run)
-            await background.start(watcher.run)
-            await background.start(audit.run)
-            # Best-effort and bounded: the tracker keeps retrying in the background if this fails.
-            with anyio.move_on_after(max(config.shutdown_timeout, 1)):
-                await tracker.start_session()
-            _log.info(
-                "session %s for %s (profile %s, role %s) on %s",
-                session_id,
-                identity.user,
-                identity.profile,
-                identity.role_arn,
-                server.url if server else "no listener",
-            )
             assembly = Assembly(
                 config=config,
                 server=server,
@@ -238,6 +247,22 @@ async def assemble(
                 background=background,
             )
             try:
+                await background.start(tracker.run)
+                await background.start(watcher.run)
+                await background.start(audit.run)
+                _step("creating the session record")
+                # Best-effort and bounded: the tracker keeps retrying in the background if this
+                # fails. Inside the `try`: a startup cancelled here still expires the record.
+                with anyio.move_on_after(max(config.shutdown_timeout, 1)):
+                    await tracker.start_session()
+                _log.info(
+                    "session %s for %s (profile %s, role %s) on %s",
+                    session_id,
+                    identity.user,
+                    identity.profile,
+                    identity.role_arn,
+                    server.url if server else "no listener",
+                )
                 yield assembly
             finally:
                 try:
@@ -261,12 +286,18 @@ class _Upstream:
     aws_session: aioboto3.Session | None  # the base session, for DynamoDB
 
 
-async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWatcher:
+async def _open_policy(
+    config: ServerConfig, stack: AsyncExitStack, base: AwsContext | GivenCredentials | None
+) -> PolicyWatcher:
     source: PolicySource
     if config.policy_parameter:
-        source = await stack.enter_async_context(
-            SsmPolicySource(config.policy_parameter, region=config.region)
-        )
+        # The server's base session and region; with given credentials (the benchmarks) there is
+        # none, and the SDK's default chain and --region apply.
+        if isinstance(base, AwsContext):
+            ssm = SsmPolicySource(config.policy_parameter, session=base.session, region=base.plan.region)
+        else:
+            ssm = SsmPolicySource(config.policy_parameter, region=config.region)
+        source = await stack.enter_async_context(ssm)
     elif config.policy_file:
         source = FilePolicySource(config.policy_file)
     else:
@@ -277,12 +308,13 @@ async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWat
 
 
 async def _open_upstream(
-    config: ServerConfig, stack: AsyncExitStack, given: GivenCredentials | None
+    config: ServerConfig, stack: AsyncExitStack, base: AwsContext | GivenCredentials
 ) -> _Upstream:
-    profile = config.profile or "default"
-    if given is not None:
-        return _Upstream(given.user, profile, given.role_arn, config.region, lambda _: given.source, None)
-    aws = await open_aws(config.profile, config.region, config.role_arn)
+    if isinstance(base, GivenCredentials):
+        source = base.source
+        profile = config.profile or "default"
+        return _Upstream(base.user, profile, base.role_arn, config.region, lambda _: source, None)
+    aws = base
     sts = await stack.enter_async_context(aws.sts_client())
     caller = await resolve_user(sts)
 

@@ -7,9 +7,11 @@ whose message names the option and the source, on one line (the CLI maps it to e
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from sentinel.loopback import loopback_address
 _DURATION_PART = re.compile(r"(\d+)(h|m|s)")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.@=+-]{1,64}")
+_INSTANCE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.@=+-]")
+_INSTANCE_ID_MAX = 64
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-/]{1,2048}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
@@ -196,7 +200,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("token_file", _path, None, "where serve writes the token (mode 0600)", metavar="PATH"),
     Option("server_duration", _duration, timedelta(minutes=15), "lifetime of served credentials"),
-    Option("server_instance_id", _pattern(_INSTANCE_ID, "server instance id"), None, "stable instance id"),
+    Option(
+        "server_instance_id",
+        _pattern(_INSTANCE_ID, "server instance id"),
+        None,
+        "stable instance id (default: <hostname>-<profile>)",
+    ),
     Option("decision_log", _decision_log, None, "decision log file, or - for stderr", metavar="PATH|-"),
     Option("flush_interval", _seconds, 1.0, "session touch flush interval"),
     Option("queue_size", _int_range(1, 10_000_000), 10_000, "touch queue size"),
@@ -264,6 +273,22 @@ def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
 
 def default_session_db(environ: Mapping[str, str] = os.environ) -> Path:
     return default_state_dir(environ) / "sessions.db"
+
+
+def default_server_instance_id(profile: str, hostname: str | None = None) -> str:
+    """`<hostname>-<profile>`, made to fit `--server-instance-id`: the same on every start.
+
+    Stable so that the next start on this host sweeps the session a killed predecessor left
+    active (issue 10 item 4); the lease (DESIGN.md §4) keeps two live servers sharing it apart.
+    Host and profile rather than /etc/machine-id: readable in `server-sessions`, present in every
+    container, and what the shipped unit already uses (`%H-sentinel`). Characters the id does not
+    allow become `_`; a longer id keeps its start and a hash of the whole, so it stays distinct."""
+    text = f"{hostname or socket.gethostname()}-{profile}"
+    safe = _INSTANCE_ID_UNSAFE.sub("_", text)
+    if len(safe) <= _INSTANCE_ID_MAX:
+        return safe
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{safe[: _INSTANCE_ID_MAX - 9]}-{digest}"
 
 
 def default_token_file(environ: Mapping[str, str] = os.environ) -> Path:

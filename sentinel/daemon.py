@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,15 @@ from sentinel import child, logs
 from sentinel.assembly import Assembly, assemble
 from sentinel.config import ServerConfig, default_token_file
 from sentinel.errors import ConfigError, SentinelError
-from sentinel.files import write_env_file, write_secret_file
+from sentinel.files import (
+    UnsafeFileError,
+    ensure_env_file,
+    ensure_secret_file,
+    write_env_file,
+    write_secret_file,
+)
 from sentinel.policy import Mode
+from sentinel.signals import HANDLED, Request, ServeSignals
 from sentinel.systemd import SystemdNotifier, watchdog_loop
 
 _log = logging.getLogger("sentinel")
@@ -84,13 +90,32 @@ async def _shutdown(assembly: Assembly, notifier: SystemdNotifier) -> None:
 
 
 async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
+    """Exit 0 after SIGTERM/SIGINT, whether it came while serving or during startup."""
     # Absolute: the env file is read by other units, whose working directory is not ours.
     token_file = (config.token_file or default_token_file()).absolute()
-    async with assemble(config, Mode.SERVER) as running:
-        try:
-            # Handlers first: systemd may send SIGHUP (reload) or SIGTERM the moment it hears
-            # READY=1, and the default action of both is to kill the process.
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    # Handlers before anything slow (issue 10): the default action of all three is to kill the
+    # process, which during startup left a created record active; systemd may also signal the
+    # moment it hears READY=1.
+    with anyio.open_signal_receiver(*HANDLED) as received:
+        signals = ServeSignals(notifier)
+        async with anyio.create_task_group() as handlers:
+            await handlers.start(signals.run, received)
+            try:
+                await _serve_until_stopped(config, notifier, signals, token_file)
+            finally:
+                handlers.cancel_scope.cancel()
+    return 0
+
+
+async def _serve_until_stopped(
+    config: ServerConfig, notifier: SystemdNotifier, signals: ServeSignals, token_file: Path
+) -> None:
+    # A stop during startup cancels it: `assemble` closes what it built and, once the tracker
+    # runs, shuts it down (a created record ends expired); the scope swallows the cancellation.
+    with signals.interruptible() as startup:
+        async with assemble(config, Mode.SERVER) as running:
+            signals.detach(startup)  # serving: a stop ends the loop below, then the shutdown order
+            try:
                 _write_workload_files(config, running, token_file)
                 notifier.status(
                     f"serving on port {running.listener.port}; session {running.session.id}; "
@@ -98,15 +123,12 @@ async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
                 )
                 notifier.ready()
                 running.background.start_soon(watchdog_loop, notifier)
-                async for signum in signals:
-                    if signum != signal.SIGHUP:
-                        _log.info("received %s: shutting down", signal.Signals(signum).name)
-                        break
-                    await _reload(running, notifier)
-        finally:
-            # Also when a step above failed: the session was created and must not stay active.
-            await _shutdown(running, notifier)
-    return 0
+                while await signals.wait_request() is Request.RELOAD:
+                    await _reload(config, running, notifier, signals, token_file)
+            finally:
+                # Also when a step above failed: the session was created and must not stay active.
+                signals.stop()
+                await running.shutdown()
 
 
 def _write_workload_files(config: ServerConfig, running: Assembly, token_file: Path) -> None:
@@ -122,17 +144,50 @@ def _write_workload_files(config: ServerConfig, running: Assembly, token_file: P
             raise ConfigError(f"--env-file {config.env_file}: cannot write ({exc.strerror or exc})") from None
 
 
-async def _reload(running: Assembly, notifier: SystemdNotifier) -> None:
-    """SIGHUP: re-read the policy now (a bad one keeps the old) and reopen the decision log."""
+async def _reload(
+    config: ServerConfig,
+    running: Assembly,
+    notifier: SystemdNotifier,
+    signals: ServeSignals,
+    token_file: Path,
+) -> None:
+    """SIGHUP: re-read the policy now (a bad one keeps the old), put back deleted workload files,
+    reopen the decision log. A stop cancels it (issue 11 item 3): shutdown never waits for it."""
     notifier.reloading()
+    ok = False
     # reload() itself, not request_reload(): it waits for a background refresh in progress and
     # then reads the source again, so READY=1 means the file as it was at the signal is applied.
-    ok = False
-    with anyio.move_on_after(30):
+    with signals.interruptible(), anyio.move_on_after(30):
         ok = await running.watcher.reload()
+    if signals.stopping:
+        return  # STOPPING=1 is out; READY=1 now would tell systemd the opposite
+    _restore_workload_files(config, running, token_file)
     running.audit.reopen()
     _log.info("reload on SIGHUP: %s", "policy current" if ok else "kept the previous policy")
     notifier.ready()
+
+
+def _restore_workload_files(config: ServerConfig, running: Assembly, token_file: Path) -> None:
+    """Rewrite the token and env files if they are missing or altered (issue 11 item 5).
+
+    A refusal or a failed write is one error line: the server keeps serving, and workloads that
+    already hold the token keep working."""
+    files: list[tuple[str, Path, Callable[[], bool]]] = [
+        ("--token-file", token_file, lambda: ensure_secret_file(token_file, running.token))
+    ]
+    if config.env_file:
+        env_file = config.env_file
+        files.append(
+            ("--env-file", env_file, lambda: ensure_env_file(env_file, running.listener.url, token_file))
+        )
+    for option, path, ensure in files:
+        try:
+            if ensure():
+                _log.warning("%s %s was missing or altered: rewritten", option, path)
+        except UnsafeFileError as exc:
+            _log.error("%s %s", option, exc)
+        except OSError as exc:
+            _log.error("%s %s: cannot write (%s)", option, path, exc.strerror or exc)
 
 
 # -- exec ---------------------------------------------------------------------------------------

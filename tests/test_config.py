@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from harness.loopback import free_port
-from sentinel.config import ServerConfig, build_config, default_session_db, default_token_file
+from sentinel.config import (
+    ServerConfig,
+    build_config,
+    default_server_instance_id,
+    default_session_db,
+    default_token_file,
+)
 from sentinel.errors import ConfigError
 from tests.support.policies import ALLOW_POLICY
 from tests.support.sandbox import AwsSandbox
@@ -119,6 +125,20 @@ def test_default_locations_follow_systemd_directories(tmp_path: Path) -> None:
     user = {"XDG_STATE_HOME": str(tmp_path)}
     assert default_token_file(user) == tmp_path / "sentinel" / "token"
     assert default_session_db(user) == tmp_path / "sentinel" / "sessions.db"
+
+
+def test_the_default_instance_id_is_host_and_profile_and_always_valid() -> None:
+    """Stable across starts (issue 10 item 4); characters the option refuses become `_`; a long
+    one keeps its start plus a hash, so two long names stay apart. Each is a valid value."""
+    assert default_server_instance_id("demo", "web-1.example.com") == "web-1.example.com-demo"
+    assert default_server_instance_id("team/dev:ro", "box") == "box-team_dev_ro"
+    long_a = default_server_instance_id("a" * 100, "box")
+    long_b = default_server_instance_id("a" * 99 + "b", "box")
+    assert len(long_a) == len(long_b) == 64
+    assert long_a != long_b
+    assert long_a.startswith("box-aaaa")
+    for value in (long_a, default_server_instance_id("team/dev:ro", "box")):
+        assert build_config({"server_instance_id": value}, {}).server_instance_id == value
 
 
 @pytest.mark.parametrize(

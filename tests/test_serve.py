@@ -311,9 +311,15 @@ def test_revocation_from_another_process_reaches_the_server_and_sticks(
        every 200 it served (three, plus any while the test waited) is accounted for; B's record
        was not recreated."""
     db = tmp_path / "sessions.db"
+    # Two instance ids: by default both would be `<hostname>-demo`, and B's stale sweep would end
+    # A's session at B's start, unless the sweep also checks a lease (issue 10 item 5).
     with (
-        serving(env, tmp_path / "a", "--policy-file", str(policy), "--session-db", str(db)) as a,
-        serving(env, tmp_path / "b", "--policy-file", str(policy), "--session-db", str(db)) as b,
+        serving(
+            env, tmp_path / "a", "--policy-file", str(policy), "--session-db", str(db), *_instance("a")
+        ) as a,
+        serving(
+            env, tmp_path / "b", "--policy-file", str(policy), "--session-db", str(db), *_instance("b")
+        ) as b,
     ):
         for served in (a, b):
             assert [served.credentials()[0] for _ in range(3)] == [200, 200, 200]
@@ -393,6 +399,10 @@ async def _lapse_lease(session_id: str, db: Path) -> None:
         await store.update(record.with_changes(lease_until=utc_now() - timedelta(seconds=1)))
     finally:
         await store.aclose()
+
+
+def _instance(name: str) -> tuple[str, str]:
+    return ("--server-instance-id", f"test-serve-{name}")
 
 
 def _status(session_id: str, db: Path) -> SessionStatus | None:
