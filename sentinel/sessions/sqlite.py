@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import sqlite3
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -45,6 +47,14 @@ SCHEMA_VERSION: Final = 2
 
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
 """Seconds a write waits for another process's write lock before failing with `StoreUnavailable`."""
+
+_BUSY_SLICE: Final = 0.05
+"""SQLite's own busy wait, per attempt. `sqlite3_interrupt` does not end a busy wait, and a worker
+thread blocked in one outlives a cancelled caller (and holds up interpreter exit). So SQLite waits
+in slices and the worker retries between them until `busy_timeout`, giving up early when its
+caller was cancelled or the store closed (issue 10: SIGTERM during startup on a locked file)."""
+
+_BUSY_CODES: Final = frozenset((sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
 
 PURGE_INTERVAL: Final = 300.0
 """Monotonic seconds between opportunistic purges of rows past their `ttl` (like DynamoDB TTL)."""
@@ -159,6 +169,7 @@ class SqliteSessionStore:
         *,
         retention: Retention = DEFAULT_RETENTION,
         clock: Clock = SYSTEM_CLOCK,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         """Wrap an already opened connection; use `open`, which also prepares the file."""
         self._path = path
@@ -166,8 +177,13 @@ class SqliteSessionStore:
         self._conn: sqlite3.Connection | None = connection
         self._retention = retention
         self._clock = clock
-        # One token: the connection is used by one worker thread at a time, in call order.
+        self._busy_timeout = busy_timeout
+        # One token: calls reach the connection in call order. The lock is what really keeps it to
+        # one thread at a time: a cancelled call's thread is abandoned (its token returned) and
+        # may still be finishing when the next call's thread starts.
         self._limiter = anyio.CapacityLimiter(1)
+        self._lock = threading.Lock()
+        self._closing = False
         self._next_purge = clock.monotonic() + PURGE_INTERVAL
 
     @classmethod
@@ -183,11 +199,17 @@ class SqliteSessionStore:
         check the schema and purge rows past their ttl. `StoreUnavailable` on any failure."""
         path = Path(path)
         cutoff = int(clock.now().timestamp())
+        call = _Call()
         try:
-            connection = await anyio.to_thread.run_sync(_connect, path, busy_timeout, cutoff)
+            connection = await anyio.to_thread.run_sync(
+                _connect, path, busy_timeout, cutoff, call, abandon_on_cancel=True
+            )
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(_store_name(path), "open", _describe(exc)) from None
-        return cls(path, connection, retention=retention, clock=clock)
+        except anyio.get_cancelled_exc_class():
+            call.abandoned = True
+            raise
+        return cls(path, connection, retention=retention, clock=clock, busy_timeout=busy_timeout)
 
     @property
     def name(self) -> str:
@@ -207,8 +229,9 @@ class SqliteSessionStore:
 
     async def aclose(self) -> None:
         """Close the connection (idempotent). Shielded: a cancelled caller still closes it."""
+        self._closing = True  # a call waiting on a lock gives up at its next slice
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+            await anyio.to_thread.run_sync(self._close)
 
     # -- SessionStore -------------------------------------------------------------------------
 
@@ -398,26 +421,51 @@ class SqliteSessionStore:
     # -- internals ----------------------------------------------------------------------------
 
     async def _run(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await anyio.to_thread.run_sync(self._guarded, operation, work, limiter=self._limiter)
-
-    def _guarded(self, operation: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Worker-thread side of every call: roll back what failed, translate every backend error."""
-        conn = self._conn
-        if conn is None:
-            raise StoreUnavailable(self._name, operation, "the store is closed")
+        call = _Call()
         try:
-            return work(conn)
-        except Exception as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, SessionStoreError):
-                raise
-            if isinstance(exc, sqlite3.Error | OSError):
-                raise StoreUnavailable(self._name, operation, _describe(exc)) from None
+            return await anyio.to_thread.run_sync(
+                self._guarded, operation, work, call, abandon_on_cancel=True, limiter=self._limiter
+            )
+        except anyio.get_cancelled_exc_class():
+            call.abandoned = True  # its thread stops at the next busy slice
             raise
 
+    def _guarded(self, operation: str, work: Callable[[sqlite3.Connection], _T], call: _Call) -> _T:
+        """Worker-thread side of every call: wait out other writers' locks in slices, roll back what
+        failed, translate every backend error."""
+        with self._lock:
+            try:
+                conn = self._conn
+                if conn is None:
+                    raise StoreUnavailable(self._name, operation, "the store is closed")
+                deadline = time.monotonic() + self._busy_timeout
+                while True:
+                    try:
+                        return work(conn)
+                    except Exception as exc:
+                        if conn.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        if _busy(exc) and not (call.abandoned or self._closing) and _wait_slice(deadline):
+                            continue
+                        if isinstance(exc, SessionStoreError):
+                            raise
+                        if isinstance(exc, sqlite3.Error | OSError):
+                            raise StoreUnavailable(self._name, operation, _describe(exc)) from None
+                        raise
+            finally:
+                if self._closing:
+                    self._close_locked()
+
     def _close(self) -> None:
+        """Close now, or, while a call holds the connection, when that call ends."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._close_locked()
+            finally:
+                self._lock.release()
+
+    def _close_locked(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -490,7 +538,29 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _connect(path: Path, busy_timeout: float, cutoff: int) -> sqlite3.Connection:
+class _Call:
+    """One store call as its worker thread sees it: `abandoned` once the caller was cancelled."""
+
+    __slots__ = ("abandoned",)
+
+    def __init__(self) -> None:
+        self.abandoned = False
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in _BUSY_CODES
+
+
+def _wait_slice(deadline: float) -> bool:
+    """Before another attempt: False once the busy timeout has passed. SQLite already waited a
+    slice in most busy cases; this only paces the ones it answers at once (a WAL snapshot)."""
+    if time.monotonic() >= deadline:
+        return False
+    time.sleep(_BUSY_SLICE / 5)
+    return True
+
+
+def _connect(path: Path, busy_timeout: float, cutoff: int, call: _Call) -> sqlite3.Connection:
     """Worker thread: create the file privately, open it, switch to WAL, migrate, purge."""
     # The umask covers what SQLite creates beside the file (-wal, -shm), which SQLite also gives
     # the database file's mode. It is process-wide: for these few milliseconds, files other threads
@@ -504,12 +574,23 @@ def _connect(path: Path, busy_timeout: float, cutoff: int) -> sqlite3.Connection
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         # mode=rw: SQLite must open the file made above, never create one with its own mode.
         uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
-        # `timeout` is SQLite's busy timeout: how long a statement waits for another writer's lock.
+        # `timeout` is SQLite's own busy wait, one slice of `busy_timeout` (see _BUSY_SLICE).
         conn = sqlite3.connect(
-            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            uri, uri=True, timeout=_BUSY_SLICE, isolation_level=None, check_same_thread=False
         )
         try:
-            _prepare(conn, cutoff)
+            deadline = time.monotonic() + busy_timeout
+            while True:
+                try:
+                    _prepare(conn, cutoff)
+                    break
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if not (_busy(exc) and not call.abandoned and _wait_slice(deadline)):
+                        raise
+            if call.abandoned:
+                raise sqlite3.OperationalError("open abandoned by its caller")
         except BaseException:
             conn.close()
             raise
