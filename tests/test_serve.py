@@ -364,16 +364,20 @@ def test_revocation_from_another_process_reaches_the_server_and_sticks(
     assert "recreated" not in b.process.stderr
 
 
+@pytest.mark.parametrize(
+    "instance", [("--server-instance-id", "web-1"), ()], ids=["explicit-instance-id", "default-instance-id"]
+)
 def test_a_restart_after_sigkill_expires_the_stale_session(
-    env: dict[str, str], tmp_path: Path, policy: Path
+    env: dict[str, str], tmp_path: Path, policy: Path, instance: tuple[str, ...]
 ) -> None:
-    """1. A serves with --server-instance-id web-1; its session is active in the store.
+    """1. A serves with --server-instance-id web-1, or with the default, stable one (host and
+       profile, issue 10 item 4); its session is active in the store.
     2. SIGKILL: nothing ends the session; it stays active, and nothing renews its lease: the
        test moves the lease into the past, as the 3 minutes of a lease would (issue 10).
     3. B starts with the same instance id: A's session is now expired, B's active, and B said so.
     4. B stops cleanly on SIGINT: its own session ends expired too."""
     db = tmp_path / "sessions.db"
-    args = ("--policy-file", str(policy), "--session-db", str(db), "--server-instance-id", "web-1")
+    args = ("--policy-file", str(policy), "--session-db", str(db), *instance)
     with serving(env, tmp_path / "a", *args) as a:
         assert a.credentials()[0] == 200
         a_id = a.session_id

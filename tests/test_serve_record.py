@@ -149,6 +149,41 @@ def test_sigterm_while_the_store_is_locked_ends_within_the_shutdown_timeout(
     assert elapsed < min(1 + MARGIN, DEFAULT_BUSY_TIMEOUT), elapsed
 
 
+def test_two_live_servers_with_one_instance_id_both_keep_serving(
+    env: dict[str, str], tmp_path: Path, policy: Path
+) -> None:
+    """Issue 10 item 5 (before: the second server's startup sweep expired the first one's live
+    session, which then answered 403 forever).
+    1. A and B start with the same --server-instance-id on one SQLite file (cloned hosts, or two
+       exec runs): B's startup sweep finds A's lease alive and leaves it.
+    2. Both serve 200; both records stay active; after SIGTERM both end expired with their own
+       counts."""
+    db = tmp_path / "sessions.db"
+    args = ("--policy-file", str(policy), "--session-db", str(db), "--server-instance-id", "cloned")
+    with serving(env, tmp_path / "a", *args) as a:
+        wait_until(lambda: a.health()["session"]["created"], "A's record")
+        with serving(env, tmp_path / "b", *args) as b:
+            wait_until(lambda: b.health()["session"]["created"], "B's record")
+            ids = a.session_id, b.session_id
+            counted = Counted(a), Counted(b)
+            for _ in range(3):
+                assert [client.get()[0] for client in counted] == [200, 200]
+            assert [_status(session_id, db) for session_id in ids] == [SessionStatus.ACTIVE] * 2
+            assert b.process.stop() == 0
+        assert a.credentials()[0] == 200
+        assert a.process.stop() == 0
+    records = [store_session(session_id, db=db) for session_id in ids]
+    assert [(r.status, r.request_count) for r in records if r is not None] == [
+        (SessionStatus.EXPIRED, 4),
+        (SessionStatus.EXPIRED, 3),
+    ]
+
+
+def _status(session_id: str, db: Path) -> SessionStatus | None:
+    record = store_session(session_id, db=db)
+    return None if record is None else record.status
+
+
 @pytest.fixture
 def spare_moto() -> Iterator[MotoServer]:
     """A moto server of this test's own, to stop with SIGSTOP without stalling anyone else."""
