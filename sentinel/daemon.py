@@ -149,7 +149,7 @@ async def _open_tracker(
             session_table=config.session_table,
             session_db=config.session_db,
             region=aws.plan.region,
-            session=aws.session,
+            aws=aws,
         )
     except SessionStoreError as exc:
         # Best-effort tracking: a store we cannot even open must not stop credential serving.
