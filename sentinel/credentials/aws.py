@@ -138,14 +138,18 @@ def _open_base(profile: str | None, region: str | None, role_arn: str | None) ->
     try:
         # Reads ~/.aws/config and ~/.aws/credentials (or AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE);
         # the profile name from AWS_PROFILE counts as named explicitly, like the --profile flag.
-        probe = botocore.session.Session()
-        env_profile = probe.get_config_variable("profile")
-        profiles: Profiles = probe.full_config.get("profiles", {})
+        session = botocore.session.Session()
+        env_profile = session.get_config_variable("profile")
+        profiles: Profiles = session.full_config.get("profiles", {})
     except BotoCoreError as exc:
         raise CredentialError(f"cannot read the AWS config files: {type(exc).__name__}") from None
     named = env_profile if isinstance(env_profile, str) and env_profile else None
     plan = plan_profile(profiles, profile or named, region=region, role_arn=role_arn)
-    session = _narrowed(botocore.session.Session(profile=plan.base_profile), plan, EnvProvider)
+    if plan.base_profile is not None:
+        # What boto3.Session(profile_name=...) does: one session (building one costs ~5 ms), the
+        # files read once. The credential chain is created lazily, so it sees this profile.
+        session.set_config_variable("profile", plan.base_profile)
+    _narrowed(session, plan, EnvProvider)
     shown = plan.base_profile or "default chain"
     try:
         credentials = session.get_credentials()
