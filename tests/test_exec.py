@@ -159,6 +159,29 @@ def test_the_exit_code_is_the_childs(
     assert "Traceback" not in result.stderr
 
 
+def test_a_sqlite_exec_never_imports_the_asyncio_aws_sdk(
+    env: dict[str, str], tmp_path: Path, policy: Path
+) -> None:
+    """Issue 12: a quick exec imports only what its store and mode need.
+
+    1. `sentinel exec --server` with a SQLite store and a policy file runs `true` under Python's
+       own import log (PYTHONPROFILEIMPORTTIME). 2. It exits 0 having imported botocore (STS), and
+       none of aioboto3, aiobotocore, aiohttp or the DynamoDB store."""
+    result = run_sentinel(
+        [*_exec(policy, "--server", "--session-db", str(tmp_path / "s.db")), "--", "true"],
+        {**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "botocore.session" in imported
+    unwanted = ("aioboto3", "aiobotocore", "aiohttp", "sentinel.sessions.dynamodb")
+    assert sorted(m for m in imported if m.split(".")[0] in unwanted or m.startswith(unwanted)) == []
+
+
 def test_a_missing_command_exits_127_with_one_line(env: dict[str, str], tmp_path: Path, policy: Path) -> None:
     result = run_sentinel(
         [
