@@ -130,7 +130,9 @@ async def _open_policy(config: ServerConfig, stack: AsyncExitStack) -> PolicyWat
         source = FilePolicySource(config.policy_file)
     else:
         raise ConfigError("no policy: give --policy-file PATH or --policy-parameter NAME")
-    return PolicyWatcher(source, ttl=config.policy_refresh)
+    watcher = PolicyWatcher(source, ttl=config.policy_refresh)
+    await watcher.load_initial()
+    return watcher
 
 
 async def _open_tracker(
@@ -180,12 +182,9 @@ async def _started(config: ServerConfig, mode: Mode, *, listen: bool = True) -> 
     registry = Registry()
     async with AsyncExitStack() as stack:
         watcher = await _open_policy(config, stack)
-        async with anyio.create_task_group() as opening:
-            # Independent start-up steps overlap: the policy loads while STS answers (issue 12).
-            opening.start_soon(watcher.load_initial)
-            aws = await open_aws(config.profile, config.region, config.role_arn)
-            sts = await stack.enter_async_context(aws.sts_client())
-            caller = await resolve_user(sts)
+        aws = await open_aws(config.profile, config.region, config.role_arn)
+        sts = await stack.enter_async_context(aws.sts_client())
+        caller = await resolve_user(sts)
         profile = config.profile or aws.plan.profile or "default"
         session_id = new_session_id()
         identity = Identity(
