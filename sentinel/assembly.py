@@ -16,7 +16,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -48,9 +48,6 @@ from sentinel.sessions.null_tracker import NullTracker
 from sentinel.sessions.statistics import ShutdownSummary
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker, Tracker
-
-if TYPE_CHECKING:
-    import aioboto3
 
 _log = logging.getLogger("sentinel")
 
@@ -283,7 +280,7 @@ class _Upstream:
     role_arn: str
     region: str | None
     source: Callable[[str], CredentialSource]  # source identity -> source
-    aws_session: aioboto3.Session | None  # the base session, for DynamoDB
+    aws: AwsContext | None  # the base context, for DynamoDB (None with given credentials)
 
 
 async def _open_policy(
@@ -294,7 +291,9 @@ async def _open_policy(
         # The server's base session and region; with given credentials (the benchmarks) there is
         # none, and the SDK's default chain and --region apply.
         if isinstance(base, AwsContext):
-            ssm = SsmPolicySource(config.policy_parameter, session=base.session, region=base.plan.region)
+            ssm = SsmPolicySource(
+                config.policy_parameter, session=base.aio_session(), region=base.plan.region
+            )
         else:
             ssm = SsmPolicySource(config.policy_parameter, region=config.region)
         source = await stack.enter_async_context(ssm)
@@ -327,7 +326,7 @@ async def _open_upstream(
         )
 
     profile = config.profile or aws.plan.profile or "default"
-    return _Upstream(caller.user, profile, aws.role_arn, aws.plan.region, assume, aws.session)
+    return _Upstream(caller.user, profile, aws.role_arn, aws.plan.region, assume, aws)
 
 
 class StoreSlot:
@@ -360,7 +359,7 @@ async def _tracker(
                 session_table=config.session_table,
                 session_db=config.session_db,
                 region=upstream.region,
-                session=upstream.aws_session,
+                aws=upstream.aws,
             )
         )
         slot.store = store

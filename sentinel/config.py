@@ -12,7 +12,6 @@ import math
 import os
 import re
 import socket
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -301,6 +300,8 @@ def default_token_file(environ: Mapping[str, str] = os.environ) -> Path:
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse the `--config` TOML file: top-level keys are option names (`session_table` or
     `session-table`); unknown keys are errors so a typo cannot silently do nothing."""
+    import tomllib  # here: most runs have no --config, and every start-up millisecond shows (issue 12)
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

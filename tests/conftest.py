@@ -9,8 +9,8 @@ import pytest
 
 from harness import aws_env
 from harness.moto import MotoServer
-from tests.support.policies import ALLOW_POLICY
-from tests.support.sandbox import AwsSandbox, make_sandbox
+from harness.policies import ALLOW_POLICY
+from harness.sandbox import AwsSandbox, make_sandbox
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,11 +20,11 @@ import anyio
 import pytest
 
 from harness.aws_env import REGION
+from harness.sandbox import AwsSandbox
 from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from sentinel.sessions.store import SessionStore
-from tests.support.sandbox import AwsSandbox
 from tests.support.sentinel_process import run_sentinel
 
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_CONFIG = 2, 3, 4, 78

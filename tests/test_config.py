@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness.loopback import free_port
+from harness.policies import ALLOW_POLICY
+from harness.sandbox import AwsSandbox
 from sentinel.config import (
     ServerConfig,
     build_config,
@@ -23,8 +25,6 @@ from sentinel.config import (
     default_token_file,
 )
 from sentinel.errors import ConfigError
-from tests.support.policies import ALLOW_POLICY
-from tests.support.sandbox import AwsSandbox
 from tests.support.sentinel_process import run_sentinel
 from tests.support.serve import serving
 

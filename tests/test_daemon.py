@@ -20,11 +20,11 @@ import pytest
 
 from harness.aws_env import REGION
 from harness.moto import MotoServer
+from harness.policies import ALLOW_POLICY
+from harness.sandbox import BASE_ACCESS_KEY, BASE_SECRET_KEY, PROFILE, AwsSandbox
 from sentinel.config import default_server_instance_id
 from sentinel.sessions.model import SessionStatus
 from tests.support.notify_socket import NotifySocket
-from tests.support.policies import ALLOW_POLICY
-from tests.support.sandbox import BASE_ACCESS_KEY, BASE_SECRET_KEY, PROFILE, AwsSandbox
 from tests.support.sentinel_process import SentinelProcess, run_sentinel
 from tests.support.serve import read_env_file, serving
 from tests.support.store_rows import store_session

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from harness.policies import DENY_POLICY, SERVER_ONLY_POLICY
+from harness.sandbox import BASE_ACCESS_KEY, PROFILE, AwsSandbox
 from sentinel.sessions.model import SessionStatus
 from tests.support.files import decision_statuses
 from tests.support.notify_socket import NotifySocket
-from tests.support.policies import DENY_POLICY, SERVER_ONLY_POLICY
-from tests.support.sandbox import BASE_ACCESS_KEY, PROFILE, AwsSandbox
 from tests.support.sentinel_process import SentinelProcess, run_sentinel
 from tests.support.serve import SMALL_INTERVALS
 from tests.support.store_rows import store_session
@@ -151,6 +151,29 @@ def test_the_exit_code_is_the_childs(
     )
     assert result.returncode == expected, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_sqlite_exec_never_imports_the_asyncio_aws_sdk(
+    env: dict[str, str], tmp_path: Path, policy: Path
+) -> None:
+    """Issue 12: a quick exec imports only what its store and mode need.
+
+    1. `sentinel exec --server` with a SQLite store and a policy file runs `true` under Python's
+       own import log (PYTHONPROFILEIMPORTTIME). 2. It exits 0 having imported botocore (STS), and
+       none of aioboto3, aiobotocore, aiohttp or the DynamoDB store."""
+    result = run_sentinel(
+        [*_exec(policy, "--server", "--session-db", str(tmp_path / "s.db")), "--", "true"],
+        {**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "botocore.session" in imported
+    unwanted = ("aioboto3", "aiobotocore", "aiohttp", "sentinel.sessions.dynamodb")
+    assert sorted(m for m in imported if m.split(".")[0] in unwanted or m.startswith(unwanted)) == []
 
 
 def test_a_missing_command_exits_127_with_one_line(env: dict[str, str], tmp_path: Path, policy: Path) -> None:

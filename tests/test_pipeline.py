@@ -24,6 +24,8 @@ import orjson
 import pytest
 
 from harness.faulty_store import FaultyStore
+from harness.policies import ALLOW_POLICY, DENY_POLICY
+from harness.sandbox import PROFILE, AwsSandbox
 from sentinel.assembly import Hooks, assemble
 from sentinel.audit import DecisionEntry
 from sentinel.clock import SYSTEM_CLOCK, Clock
@@ -37,8 +39,6 @@ from sentinel.sessions.sqlite import SqliteSessionStore
 from sentinel.sessions.store import SessionStore
 from sentinel.sessions.tracker import SessionTracker
 from tests.sessions.conftest import FakeClock
-from tests.support.policies import ALLOW_POLICY, DENY_POLICY
-from tests.support.sandbox import PROFILE, AwsSandbox
 
 DEADLINE = 30.0
 STORE_DELAY = 2.0

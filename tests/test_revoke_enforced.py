@@ -18,13 +18,13 @@ import pytest
 from harness.aws_env import REGION, TRUST_POLICY
 from harness.loopback import free_port
 from harness.moto import MotoServer
+from harness.sandbox import AwsSandbox
 from harness.waiting import wait_until
 from sentinel.cli import EXIT_NOT_ENFORCED, EXIT_POLICY_FULL
 from sentinel.revocation import MAX_INLINE_POLICY_CHARS, POLICY_NAME, RevocationDocument
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import ServerSession, SessionStatus, new_session_id
 from tests.revocation.roles import denied, iam_client, identities, new_role
-from tests.support.sandbox import AwsSandbox
 from tests.support.sentinel_process import SentinelProcess, run_sentinel
 from tests.support.serve import read_env_file, serving
 from tests.support.store_rows import store_session

@@ -28,14 +28,14 @@ import pytest
 from harness.aws_env import REGION
 from harness.loopback import http_get
 from harness.moto import MotoServer
+from harness.policies import DENY_POLICY
+from harness.sandbox import PROFILE, AwsSandbox
 from harness.waiting import wait_until
 from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.factory import open_store
 from sentinel.sessions.model import SessionStatus, utc_now
 from tests.support.files import decision_statuses, write_atomically
 from tests.support.notify_socket import NotifySocket
-from tests.support.policies import DENY_POLICY
-from tests.support.sandbox import PROFILE, AwsSandbox
 from tests.support.sentinel_process import SentinelProcess, run_sentinel
 from tests.support.serve import (
     DEFAULT_TOKEN_FILE,

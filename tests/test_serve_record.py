@@ -21,11 +21,11 @@ import pytest
 
 from harness.aws_env import REGION
 from harness.moto import MotoServer
+from harness.sandbox import AwsSandbox
 from harness.waiting import wait_until
 from sentinel.sessions.dynamodb import create_session_table
 from sentinel.sessions.model import SessionStatus
 from sentinel.sessions.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteSessionStore
-from tests.support.sandbox import AwsSandbox
 from tests.support.sentinel_process import run_sentinel
 from tests.support.serve import Served, serving
 from tests.support.store_rows import store_session

@@ -2,40 +2,47 @@
 
 AWS client types stay inside this package (DESIGN.md §2). Endpoints come only from the standard
 variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_STS`), which botocore reads itself.
+
+STS goes through plain botocore, each call in a daemon thread (`blocking.py` says why): importing
+aiobotocore (aiohttp) was most of `sentinel exec`'s start-up (issue 12, item 3). aioboto3 is
+imported only for what needs an asyncio client, the DynamoDB store (`AwsContext.aio_session`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aioboto3
-import anyio.to_thread
-from aiobotocore.config import AioConfig
-from aiobotocore.credentials import AioEnvProvider
-from aiobotocore.session import AioSession
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import EnvProvider
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sentinel.credentials.blocking import run_blocking
 from sentinel.credentials.model import CallerIdentity, Credentials, user_from_arn
 from sentinel.credentials.profile import BaseSource, ProfilePlan, Profiles, plan_profile
 from sentinel.errors import CredentialError
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
-    from types_aiobotocore_sts import STSClient
+    import aioboto3
 
 # Bounded so that one STS flight ends in well under a minute even against a black hole:
 # 3 attempts x (3 s connect + 10 s read) plus standard-mode backoff. The cache's safe floor
 # (minutes) is what absorbs this, not the request path.
-CLIENT_CONFIG = AioConfig(
-    connect_timeout=3,
-    read_timeout=10,
-    retries={"mode": "standard", "total_max_attempts": 3},
-)
+CLIENT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 3,
+    "read_timeout": 10,
+    "retries": {"mode": "standard", "total_max_attempts": 3},
+}
+CLIENT_CONFIG = Config(**CLIENT_OPTIONS)
+"""The botocore form; aiobotocore clients (IAM for the admin) take `AioConfig(**CLIENT_OPTIONS)`."""
+
+_S = TypeVar("_S", bound=botocore.session.Session)
 
 # The credential provider botocore names for each `credential_source` (its METHOD attribute).
 _PROVIDER_FOR_SOURCE = {BaseSource.CONTAINER: "container-role", BaseSource.INSTANCE: "iam-role"}
@@ -45,49 +52,115 @@ _PROVIDER_FOR_SOURCE = {BaseSource.CONTAINER: "container-role", BaseSource.INSTA
 _ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 
 
+class StsClient:
+    """A botocore STS client whose calls run off the event loop (botocore clients are thread-safe).
+
+    Only the two calls Sentinel makes; each returns botocore's parsed response."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Any) -> None:
+        # Any: botocore generates client methods at runtime and no STS stubs are installed.
+        self._client = client
+
+    async def get_caller_identity(self) -> Mapping[str, Any]:
+        response: Mapping[str, Any] = await run_blocking(
+            self._client.get_caller_identity, name="sts GetCallerIdentity"
+        )
+        return response
+
+    async def assume_role(self, **params: Any) -> Mapping[str, Any]:
+        call = functools.partial(self._client.assume_role, **params)
+        response: Mapping[str, Any] = await run_blocking(call, name="sts AssumeRole")
+        return response
+
+    def close(self) -> None:
+        self._client.close()
+
+
 @dataclass(frozen=True, slots=True)
 class AwsContext:
     """The base session (credentials of the base identity) and what to assume with it."""
 
-    session: aioboto3.Session
+    session: botocore.session.Session
     plan: ProfilePlan
-    client_config: AioConfig = CLIENT_CONFIG
+    client_config: Config = CLIENT_CONFIG
 
     @property
     def role_arn(self) -> str:
         return self.plan.role_arn
 
-    def sts_client(self) -> AbstractAsyncContextManager[STSClient]:
+    @asynccontextmanager
+    async def sts_client(self) -> AsyncIterator[StsClient]:
         """An STS client on the base credentials; enter it once and keep it (connection reuse)."""
-        return self.session.client("sts", region_name=self.plan.region, config=self.client_config)
+        # In a thread: building a client loads STS's service model and endpoint rules from disk.
+        create = functools.partial(
+            self.session.create_client, "sts", region_name=self.plan.region, config=self.client_config
+        )
+        client = StsClient(await run_blocking(create, name="sts client"))
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def aio_session(self) -> aioboto3.Session:
+        """An aioboto3 session on the same base credentials, for the DynamoDB session store.
+
+        Its own credential chain, narrowed like `session`'s: the two resolve (and refresh) the
+        base credentials independently. Imports aioboto3, so only a DynamoDB user pays for it."""
+        import aioboto3
+        from aiobotocore.credentials import AioEnvProvider
+        from aiobotocore.session import AioSession
+
+        aio = _narrowed(AioSession(profile=self.plan.base_profile), self.plan, AioEnvProvider)
+        return aioboto3.Session(botocore_session=aio, region_name=self.plan.region)
 
 
-def _read_profiles() -> tuple[str | None, Profiles]:
-    # Reads ~/.aws/config and ~/.aws/credentials (or AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE);
-    # the profile name from AWS_PROFILE counts as named explicitly, like the --profile flag.
-    probe = AioSession()
-    name = probe.get_config_variable("profile")
-    profiles: Profiles = probe.full_config.get("profiles", {})
-    return (name if isinstance(name, str) and name else None), profiles
-
-
-def base_botocore_session(plan: ProfilePlan) -> AioSession:
-    """A botocore session whose credentials are the plan's base credentials and never the role.
+def _narrowed(session: _S, plan: ProfilePlan, env_provider: type[Any]) -> _S:
+    """`session`, its credentials narrowed to the plan's base credentials and never the role.
 
     botocore would assume a profile's `role_arn` by itself (no SourceIdentity); where the base is
-    the profile itself, its credential chain is narrowed so that cannot happen.
+    the profile itself, its credential chain is narrowed so that cannot happen. `env_provider` is
+    botocore's or aiobotocore's environment provider, matching `session`.
     """
-    botocore_session = AioSession(profile=plan.base_profile)
     if plan.base_source is not BaseSource.PROFILE:
-        resolver = botocore_session.get_component("credential_provider")
+        resolver = session.get_component("credential_provider")
         if plan.base_source is BaseSource.PROFILE_KEYS:
             resolver.remove("assume-role")
         elif plan.base_source is BaseSource.ENVIRONMENT:
             # An explicit profile drops the environment provider from botocore's chain; put it back alone.
-            resolver.providers = [AioEnvProvider()]
+            resolver.providers = [env_provider()]
         else:
             resolver.providers = [resolver.get_provider(_PROVIDER_FOR_SOURCE[plan.base_source])]
-    return botocore_session
+    return session
+
+
+def _open_base(profile: str | None, region: str | None, role_arn: str | None) -> AwsContext:
+    """The blocking part of `open_aws`: config files, the plan, and the base credentials."""
+    try:
+        # Reads ~/.aws/config and ~/.aws/credentials (or AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE);
+        # the profile name from AWS_PROFILE counts as named explicitly, like the --profile flag.
+        session = botocore.session.Session()
+        env_profile = session.get_config_variable("profile")
+        profiles: Profiles = session.full_config.get("profiles", {})
+    except BotoCoreError as exc:
+        raise CredentialError(f"cannot read the AWS config files: {type(exc).__name__}") from None
+    named = env_profile if isinstance(env_profile, str) and env_profile else None
+    plan = plan_profile(profiles, profile or named, region=region, role_arn=role_arn)
+    if plan.base_profile is not None:
+        # What boto3.Session(profile_name=...) does: one session (building one costs ~5 ms), the
+        # files read once. The credential chain is created lazily, so it sees this profile.
+        session.set_config_variable("profile", plan.base_profile)
+    _narrowed(session, plan, EnvProvider)
+    shown = plan.base_profile or "default chain"
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        # botocore's text can carry credential_process output; the class name is enough to act on.
+        raise CredentialError(f"cannot load base AWS credentials ({shown}): {type(exc).__name__}") from None
+    if credentials is None:
+        raise CredentialError(f"no base AWS credentials found ({shown})")
+    return AwsContext(session, plan)
 
 
 async def open_aws(
@@ -95,7 +168,7 @@ async def open_aws(
     region: str | None,
     role_arn: str | None,
     *,
-    client_config: AioConfig = CLIENT_CONFIG,
+    client_config: Config = CLIENT_CONFIG,
 ) -> AwsContext:
     """Resolve the profile, build the base session and check it has credentials at all.
 
@@ -103,22 +176,10 @@ async def open_aws(
     profile, no role to assume, or no base credentials. No STS call is made here. A profile named
     by AWS_PROFILE is treated like one named by `profile` (its keys win over environment keys).
     """
-    try:
-        env_profile, profiles = await anyio.to_thread.run_sync(_read_profiles)
-    except BotoCoreError as exc:
-        raise CredentialError(f"cannot read the AWS config files: {type(exc).__name__}") from None
-    plan = plan_profile(profiles, profile or env_profile, region=region, role_arn=role_arn)
-    botocore_session = base_botocore_session(plan)
-    shown = plan.base_profile or "default chain"
-    try:
-        credentials = await botocore_session.get_credentials()
-    except BotoCoreError as exc:
-        # botocore's text can carry credential_process output; the class name is enough to act on.
-        raise CredentialError(f"cannot load base AWS credentials ({shown}): {type(exc).__name__}") from None
-    if credentials is None:
-        raise CredentialError(f"no base AWS credentials found ({shown})")
-    session = aioboto3.Session(botocore_session=botocore_session, region_name=plan.region)
-    return AwsContext(session, plan, client_config)
+    # In a thread: the files are read, and base credentials may come from a process or the network.
+    opened = functools.partial(_open_base, profile, region, role_arn)
+    context = await run_blocking(opened, name="aws base credentials")
+    return AwsContext(context.session, context.plan, client_config)
 
 
 def _error_code(exc: ClientError | BotoCoreError) -> str:
@@ -128,7 +189,7 @@ def _error_code(exc: ClientError | BotoCoreError) -> str:
     return type(exc).__name__
 
 
-async def resolve_user(sts: STSClient) -> CallerIdentity:
+async def resolve_user(sts: StsClient) -> CallerIdentity:
     """Who the base credentials belong to (STS GetCallerIdentity), once at startup."""
     try:
         response = await sts.get_caller_identity()
@@ -148,7 +209,7 @@ class StsRoleAssumer:
 
     def __init__(
         self,
-        sts: STSClient,
+        sts: StsClient,
         *,
         role_session_name: str,
         source_identity: str,
@@ -203,9 +264,13 @@ async def caller_arn(profile: str | None, region: str | None) -> str:
     """The ARN of whoever the standard chain for `profile` resolves to (for `revoked_by`).
 
     Unlike `open_aws` there is no role here: an admin revoking a session is who they are."""
-    session = aioboto3.Session(profile_name=profile, region_name=region)
+    session = botocore.session.Session(profile=profile)
     try:
-        async with session.client("sts", config=CLIENT_CONFIG) as sts:
-            return (await resolve_user(sts)).arn
+        create = functools.partial(session.create_client, "sts", region_name=region, config=CLIENT_CONFIG)
+        client = StsClient(await run_blocking(create, name="sts client"))
     except BotoCoreError as exc:
         raise CredentialError(f"cannot determine the caller's AWS identity: {type(exc).__name__}") from None
+    try:
+        return (await resolve_user(client)).arn
+    finally:
+        client.close()

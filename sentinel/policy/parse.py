@@ -8,7 +8,6 @@ lets `end: 18:00` work unquoted, although YAML 1.1 resolves that plain scalar to
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 from collections.abc import Iterable
@@ -287,6 +286,8 @@ class _Parser:
             if not isinstance(key, ScalarNode) or key.tag != _STR:
                 self.fail(key, f"keys must be strings, got {_describe(key)}")
             if key.value not in allowed:
+                import difflib  # only for the error message: not at every start-up (issue 12)
+
                 close = difflib.get_close_matches(key.value, allowed, n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 self.fail(key, f'unknown key "{key.value}"{hint}')

@@ -2,6 +2,9 @@
 
 A source only fetches bytes; `parse_policy` validates them. Every expected failure becomes a
 `PolicyError` with a safe one-line message, so the watcher can keep the last good policy.
+
+The AWS SDK (aioboto3, aiohttp) is imported only when an SSM source is created: a policy file must
+not pay for it at start-up (issue 12, item 3).
 """
 
 from __future__ import annotations
@@ -13,26 +16,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn, Protocol, Self
 
-import aioboto3
 import anyio
 import anyio.to_thread
-from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
 from sentinel.errors import PolicyError
 from sentinel.policy.parse import MAX_POLICY_BYTES
 
 if TYPE_CHECKING:
+    import aioboto3
+    from aiobotocore.config import AioConfig
     from types_aiobotocore_ssm.client import SSMClient
 
-# Bounded, so a black-holed SSM endpoint delays one background refresh by seconds, not minutes.
-# The endpoint itself comes from the standard variables (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL),
-# which botocore reads on its own (DESIGN.md §6).
-DEFAULT_SSM_CONFIG = AioConfig(
-    connect_timeout=3,
-    read_timeout=5,
-    retries={"max_attempts": 3, "mode": "standard"},
-)
+
+def default_ssm_config() -> AioConfig:
+    """Bounded, so a black-holed SSM endpoint delays one background refresh by seconds, not minutes.
+
+    The endpoint itself comes from the standard variables (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL),
+    which botocore reads on its own (DESIGN.md §6)."""
+    from aiobotocore.config import AioConfig
+
+    return AioConfig(connect_timeout=3, read_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
+
 
 _ERROR_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 
@@ -84,15 +88,17 @@ class SsmPolicySource:
         session: aioboto3.Session | None = None,
         region: str | None = None,
         *,
-        config: AioConfig = DEFAULT_SSM_CONFIG,
+        config: AioConfig | None = None,
     ) -> None:
         if not parameter_name:
             raise PolicyError("policy parameter name is empty")
+        import aioboto3
+
         self.parameter_name = parameter_name
         self.description = f"ssm:{parameter_name}"
         self._session = session if session is not None else aioboto3.Session()
         self._region = region
-        self._config = config
+        self._config = config if config is not None else default_ssm_config()
         self._stack: AsyncExitStack | None = None
         self._client: SSMClient | None = None
 
@@ -119,6 +125,8 @@ class SsmPolicySource:
             return await self._get(await self._enter_client(stack))
 
     async def _enter_client(self, stack: AsyncExitStack) -> SSMClient:
+        from botocore.exceptions import BotoCoreError
+
         try:
             return await stack.enter_async_context(
                 self._session.client("ssm", region_name=self._region, config=self._config)
@@ -128,6 +136,8 @@ class SsmPolicySource:
             self._fail(f"cannot create an SSM client ({type(exc).__name__})")
 
     async def _get(self, client: SSMClient) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             response = await client.get_parameter(Name=self.parameter_name, WithDecryption=True)
         except ClientError as exc:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import orjson
+from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sentinel.credentials.aws import CLIENT_CONFIG
+from sentinel.credentials.aws import CLIENT_OPTIONS
 from sentinel.revocation.errors import EnforcementError, IamRefused, PolicyFull
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ async def open_role_policies(profile: str | None, region: str | None) -> AsyncIt
     """An IAM client for the admin's own identity (the standard chain for `profile`)."""
     try:
         session = aioboto3.Session(profile_name=profile, region_name=region)
-        client_context = session.client("iam", config=CLIENT_CONFIG)
+        client_context = session.client("iam", config=AioConfig(**CLIENT_OPTIONS))
     except BotoCoreError as exc:  # e.g. a profile that does not exist
         raise IamRefused("client", "-", type(exc).__name__) from None
     async with client_context as client:

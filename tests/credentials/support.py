@@ -15,12 +15,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-from aiobotocore.config import AioConfig
+from botocore.config import Config
 
 from sentinel.credentials import Credentials, CredentialSource
 
 # One attempt, short connect timeout: the failure tests want the error, not the retries.
-NO_RETRY = AioConfig(connect_timeout=1, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 1})
+NO_RETRY = Config(connect_timeout=1, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 1})
 
 
 class ManualClock:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
+import anyio.to_thread
 import orjson
 import pytest
 
@@ -42,9 +43,10 @@ def user_key(iam: Any, aws_endpoint: str) -> Callable[[str], tuple[str, str]]:
 
 
 async def base_access_key(ctx: AwsContext) -> str:
-    credentials = await ctx.session.get_credentials()  # type: ignore[misc] # aioboto3: a coroutine
+    # botocore (blocking): the base session is plain botocore since issue 12.
+    credentials = await anyio.to_thread.run_sync(ctx.session.get_credentials)
     assert credentials is not None
-    frozen = await credentials.get_frozen_credentials()
+    frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
     return str(frozen.access_key)
 
 

@@ -22,9 +22,11 @@ from sentinel.revocation.document import (
 
 def _import_parliament() -> Any:
     """parliament leaves its IAM definition file open at import (a ResourceWarning, an error
-    under this suite's settings): import it once with that warning silenced and collected."""
+    under this suite's settings) and imports the deprecated pkg_resources (a UserWarning):
+    import it once with those two silenced, and collect."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
         import parliament
 
         gc.collect()

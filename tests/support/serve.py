@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.loopback import http_get, parse_metrics
+from harness.sandbox import PROFILE
 from harness.waiting import DEADLINE, wait_until
 from tests.support.notify_socket import NotifySocket
-from tests.support.sandbox import PROFILE
 from tests.support.sentinel_process import SentinelProcess
 
 # Passed as `token_file` to `start_serve`: give no --token-file flag at all.

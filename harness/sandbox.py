@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]  # aioboto3 depends on boto3; used for setup only
 
 from harness.aws_env import REGION, ensure_role
 from harness.moto import MotoServer
@@ -18,7 +18,7 @@ ROLE_NAME = "sentinel-e2e"
 PROFILE = "demo"
 # The base profile's fake keys: the daemon assumes the role with them; a child must never see them.
 BASE_ACCESS_KEY = "AKIASENTINELE2EBASE01"
-BASE_SECRET_KEY = "sentinel-e2e-base-secret-not-real"
+BASE_SECRET_KEY = "sentinel-e2e-base-secret-not-real"  # noqa: S105 - a fake key for moto
 
 
 @dataclass(frozen=True, slots=True)
