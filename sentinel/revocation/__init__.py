@@ -2,7 +2,7 @@
 
 `document` builds and reads the policy, `iam` talks to IAM (import it directly: it loads the AWS
 SDK, which the admin commands that never reach IAM do without), `enforce` runs the read-merge-
-write-readback loop. `admin.py` decides what to revoke; `cli.py` prints. docs/enforcement.md has the why.
+write-readback loop. `admin.py` decides what to revoke; `cli.py` prints. docs/DESIGN.md §11 has the why.
 """
 
 from sentinel.revocation.document import MAX_INLINE_POLICY_CHARS, POLICY_NAME, RevocationDocument

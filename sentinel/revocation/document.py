@@ -26,7 +26,7 @@ from typing import Any, Final
 import orjson
 
 POLICY_NAME: Final = "sentinel-revocations"
-"""The inline policy's fixed name on each role; documented for admins (docs/enforcement.md)."""
+"""The inline policy's fixed name on each role; documented for admins (docs/DESIGN.md §11)."""
 
 MAX_INLINE_POLICY_CHARS: Final = 10_240
 """IAM's limit on the inline policies of one role, all together, whitespace not counted."""

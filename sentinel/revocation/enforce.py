@@ -6,7 +6,7 @@ every change is read -> merge (and prune) -> write -> wait `settle` -> read back
 entry we wrote and that is still needed is there; otherwise retry with jittered backoff, a bounded
 number of times. `settle` covers a concurrent writer between its read and its write, and IAM's own
 eventual consistency; a writer stalled longer than that can still drop an entry, which a later
-`server-session` shows and a repeated `server-revoke` repairs (docs/enforcement.md).
+`server-session` shows and a repeated `server-revoke` repairs (docs/DESIGN.md §11).
 """
 
 from __future__ import annotations
