@@ -21,7 +21,7 @@ class TrackerStatistics:
     dropped: int  # touch events refused: queue full, or after shutdown began
     coalesced: int  # events merged into an existing pending entry
     flushed: int  # events written into a session record
-    discarded: int  # events the store would not take because the session had ended
+    discarded: int  # events with no record to go to: ours went missing, or an unknown session
     flush_calls: int  # store writes (create or touch) made for our session
     flush_failures: int  # flush rounds that failed and were put back
     polls: int  # idle status reads (revocation watch)
@@ -74,7 +74,7 @@ def export_metrics(registry: Registry, statistics: Callable[[], TrackerStatistic
         "session_touch_coalesced_total", "Touch events merged into a pending entry.", lambda s: s.coalesced
     )
     export("session_touch_flushed_total", "Touch events written to the session store.", lambda s: s.flushed)
-    export("session_touch_discarded_total", "Touch events for an ended session.", lambda s: s.discarded)
+    export("session_touch_discarded_total", "Touch events with no session record to count them.", lambda s: s.discarded)
     export("session_touch_pending", "Touch events drained but not yet written.", lambda s: s.pending)
     export("session_touch_queue_depth", "Touch events waiting in the queue.", lambda s: s.queue_depth)
     export("session_flush_calls_total", "Session store writes made by flushes.", lambda s: s.flush_calls)
