@@ -74,7 +74,11 @@ def export_metrics(registry: Registry, statistics: Callable[[], TrackerStatistic
         "session_touch_coalesced_total", "Touch events merged into a pending entry.", lambda s: s.coalesced
     )
     export("session_touch_flushed_total", "Touch events written to the session store.", lambda s: s.flushed)
-    export("session_touch_discarded_total", "Touch events with no session record to count them.", lambda s: s.discarded)
+    export(
+        "session_touch_discarded_total",
+        "Touch events with no session record to count them.",
+        lambda s: s.discarded,
+    )
     export("session_touch_pending", "Touch events drained but not yet written.", lambda s: s.pending)
     export("session_touch_queue_depth", "Touch events waiting in the queue.", lambda s: s.queue_depth)
     export("session_flush_calls_total", "Session store writes made by flushes.", lambda s: s.flush_calls)
