@@ -30,6 +30,15 @@ def moto_server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
+def spare_moto() -> Iterator[MotoServer]:
+    """A moto server of this test's own, to stop with SIGSTOP without stalling anyone else."""
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def aws_endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point every AWS SDK client in this test at the moto server via the standard variable."""
     if not moto_server.running:

@@ -42,15 +42,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
-@pytest.fixture
-def spare_moto() -> Iterator[MotoServer]:
-    """A moto server of this test's own, to stop with SIGSTOP without stalling anyone else."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def _put_policy(moto: MotoServer) -> str:
     name = f"/sentinel/test/{uuid.uuid4().hex}/policy"
     ssm = boto3.client(

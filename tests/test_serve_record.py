@@ -184,15 +184,6 @@ def _status(session_id: str, db: Path) -> SessionStatus | None:
     return None if record is None else record.status
 
 
-@pytest.fixture
-def spare_moto() -> Iterator[MotoServer]:
-    """A moto server of this test's own, to stop with SIGSTOP without stalling anyone else."""
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_past_the_staleness_limit_the_server_refuses_until_the_store_answers(
     sandbox: AwsSandbox,
     tmp_path: Path,
