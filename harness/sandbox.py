@@ -61,6 +61,14 @@ class AwsSandbox:
         env.update(extra)
         return env
 
+    def add_profile(self, name: str, role_name: str) -> str:
+        """Another profile on the same base credentials, assuming a role of its own (created in
+        moto if missing); returns that role's ARN. For servers with several profiles (issue 14)."""
+        arn = ensure_role(_iam(self.moto.url), role_name)
+        with (self.directory / "aws-config").open("a") as config:
+            config.write(f"\n[profile {name}]\nrole_arn = {arn}\nsource_profile = base\nregion = {REGION}\n")
+        return arn
+
     def ensure_role(self) -> None:
         """Create the role again if moto was restarted (moto_server.down() comes back empty)."""
         if not self.moto.running:

@@ -7,6 +7,7 @@ non-zero exit code (see `exit_code_for`), never as a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -99,7 +100,7 @@ def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
             parser.add_argument(
                 option.flag, dest=option.field, action="store_const", const=True, help=option.help
             )
-        elif option.flag_kind == "list":
+        elif option.flag_kind in ("list", "repeat"):
             parser.add_argument(
                 option.flag, dest=option.field, action="append", metavar=option.metavar, help=option.help
             )
@@ -425,7 +426,10 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise ConfigError("exec: give the command to run after --")
-    config = _config(args, SERVER_FIELDS)
+    if args.profile and len(args.profile) > 1:
+        raise ConfigError("exec: one --profile only (several profiles are served by `sentinel serve`)")
+    # A --config shared with `serve` may list more profiles: exec serves the default one.
+    config = dataclasses.replace(_config(args, SERVER_FIELDS), profiles=())
     args.error_format = config.log_format
     with _importing_for_good():
         from sentinel import daemon

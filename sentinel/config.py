@@ -20,6 +20,13 @@ from typing import Any, Literal
 
 from sentinel.errors import ConfigError
 from sentinel.loopback import loopback_address
+from sentinel.profiles import (
+    PROFILE_FIELDS,
+    ProfileSettings,
+    ServedProfile,
+    check_extra_name,
+    resolve_profiles,
+)
 
 _DURATION_PART = re.compile(r"(\d+)(h|m|s)")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
@@ -167,7 +174,8 @@ class Option:
     default: Any
     help: str
     # "list": a repeatable flag; comma-separated in the environment, a list in TOML.
-    flag_kind: Literal["value", "switch", "list"] = "value"
+    # "repeat": a repeatable flag whose first value is the option's (`--profile`, issue 14).
+    flag_kind: Literal["value", "switch", "list", "repeat"] = "value"
     metavar: str | None = None
 
     @property
@@ -181,7 +189,13 @@ class Option:
 
 # The command-line surface of DESIGN.md §6. Names are fixed: users, scripts and the unit use them.
 OPTIONS: tuple[Option, ...] = (
-    Option("profile", _pattern(_PROFILE, "profile name"), None, "AWS profile with the base credentials"),
+    Option(
+        "profile",
+        _pattern(_PROFILE, "profile name"),
+        None,
+        "AWS profile with the base credentials (repeat to serve several: the first is the default)",
+        flag_kind="repeat",
+    ),
     Option("role_arn", _pattern(_ROLE_ARN, "role ARN"), None, "role to assume (else the profile's role_arn)"),
     Option("region", _pattern(_REGION, "AWS region"), None, "AWS region for STS, SSM and DynamoDB"),
     Option("policy_file", _path, None, "policy YAML file", metavar="PATH"),
@@ -258,6 +272,25 @@ class ServerConfig:
     session_table: str | None = _DEFAULTS["session_table"]
     session_db: Path | None = _DEFAULTS["session_db"]
     no_session_tracking: bool = _DEFAULTS["no_session_tracking"]
+    # The profiles served beside the default one (issue 14): a repeated --profile, or
+    # `[profiles.NAME]` tables in the file. The top-level options above are the default's.
+    profiles: tuple[ProfileSettings, ...] = ()
+
+
+def served_profiles(
+    config: ServerConfig, environ: Mapping[str, str] = os.environ
+) -> tuple[ServedProfile, ...]:
+    """Every profile `config` serves, the default first, each option resolved (`profiles.py`)."""
+    return resolve_profiles(
+        default_name=config.profile,
+        role_arn=config.role_arn,
+        region=config.region,
+        server_duration=config.server_duration,
+        token_file=config.token_file or default_token_file(environ),
+        env_file=config.env_file,
+        server_instance_id=config.server_instance_id,
+        extras=config.profiles,
+    )
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -297,9 +330,10 @@ def default_token_file(environ: Mapping[str, str] = os.environ) -> Path:
     return default_state_dir(environ) / "token"
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Parse the `--config` TOML file: top-level keys are option names (`session_table` or
-    `session-table`); unknown keys are errors so a typo cannot silently do nothing."""
+    `session-table`), and `[profiles.NAME]` tables hold per-profile options (issue 14); unknown
+    keys are errors so a typo cannot silently do nothing. Returns (options, tables by name)."""
     import tomllib  # here: most runs have no --config, and every start-up millisecond shows (issue 12)
 
     try:
@@ -311,12 +345,34 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: invalid TOML ({exc})") from None
     values: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in OPTIONS_BY_FIELD:
+        if name == "profiles" and isinstance(value, dict):
+            tables = _profile_tables(path, value)
+        elif name not in OPTIONS_BY_FIELD:
             raise ConfigError(f"--config {path}: unknown option {key!r}")
-        values[name] = value
-    return values
+        else:
+            values[name] = value
+    return values, tables
+
+
+def _profile_tables(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {}
+    for profile, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"--config {path}: profiles.{profile} must be a table")
+        options: dict[str, Any] = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in PROFILE_FIELDS:
+                raise ConfigError(
+                    f"--config {path}: {key!r} in [profiles.{profile}] is not a per-profile option "
+                    f"(those are {', '.join(PROFILE_FIELDS)})"
+                )
+            options[name] = value
+        tables[profile] = options
+    return tables
 
 
 def build_config(
@@ -326,9 +382,15 @@ def build_config(
 ) -> ServerConfig:
     """Merge the sources (flags > env > file > defaults), parse and validate every value.
 
-    `flags` holds only the options given on the command line (absent or None = not given)."""
-    file_values = read_config_file(config_file) if config_file else {}
+    `flags` holds only the options given on the command line (absent or None = not given);
+    `profile` may be a list (a repeated `--profile`: the first is the default, issue 14)."""
+    file_values, tables = read_config_file(config_file) if config_file else ({}, {})
+    flags = dict(flags)
+    flag_profiles = flags.get("profile")
+    if isinstance(flag_profiles, list | tuple):
+        flags["profile"] = flag_profiles[0] if flag_profiles else None
     values: dict[str, Any] = {}
+    from_file: set[str] = set()  # options a default profile's table may still override
     for option in OPTIONS:
         raw: Any
         if flags.get(option.field) is not None:
@@ -337,15 +399,53 @@ def build_config(
             raw, source = environ[option.env], option.env
         elif option.field in file_values:
             raw, source = file_values[option.field], f"{option.field} in {config_file}"
+            from_file.add(option.field)
         else:
+            from_file.add(option.field)
             continue
-        try:
-            values[option.field] = option.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-    config = ServerConfig(**values)
+        values[option.field] = _parse(option, raw, source)
+    # Which profiles: the --profile list if given (tables then only supply options), else the
+    # file's tables, the default one first (`profile`, else the first table).
+    default = values.get("profile")
+    if isinstance(flag_profiles, list | tuple) and len(flag_profiles) > 1:
+        names = [
+            values["profile"],
+            *(_parse(OPTIONS_BY_FIELD["profile"], n, "--profile") for n in flag_profiles[1:]),
+        ]
+    else:
+        if default is None and tables:
+            default = values["profile"] = _parse(
+                OPTIONS_BY_FIELD["profile"], next(iter(tables)), f"{config_file}"
+            )
+        names = [default, *(name for name in tables if name != default)]
+    for field_name, raw in tables.get(default, {}).items() if default is not None else ():
+        if field_name in from_file:
+            values[field_name] = _parse(
+                OPTIONS_BY_FIELD[field_name], raw, f"{field_name} in [profiles.{default}]"
+            )
+    extras = tuple(_settings(name, tables.get(name, {}), config_file) for name in names[1:])
+    config = ServerConfig(**values, profiles=extras)
     _validate(config)
+    served_profiles(config, environ)  # a clash (one name twice, one token file for two) fails here
     return config
+
+
+def _parse(option: Option, raw: Any, source: str) -> Any:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _settings(name: str, table: dict[str, Any], config_file: Path | None) -> ProfileSettings:
+    check_extra_name(name, "--profile")
+    parsed = {
+        field_name: _parse(
+            OPTIONS_BY_FIELD[field_name], raw, f"{field_name} in [profiles.{name}] of {config_file}"
+        )
+        for field_name, raw in table.items()
+    }
+    return ProfileSettings(name=name, **parsed)
 
 
 def _validate(config: ServerConfig) -> None:
@@ -353,8 +453,12 @@ def _validate(config: ServerConfig) -> None:
         raise ConfigError("--policy-file and --policy-parameter are mutually exclusive")
     if config.session_table and config.session_db:
         raise ConfigError("--session-table and --session-db are mutually exclusive")
-    if config.server_duration < timedelta(minutes=15) or config.server_duration > timedelta(hours=12):
-        raise ConfigError("--server-duration: must be between 15m (the STS minimum) and 12h")
+    for duration in (
+        config.server_duration,
+        *(p.server_duration for p in config.profiles if p.server_duration),
+    ):
+        if duration < timedelta(minutes=15) or duration > timedelta(hours=12):
+            raise ConfigError("--server-duration: must be between 15m (the STS minimum) and 12h")
     positive = ("flush_interval", "revocation_poll", "shutdown_timeout", "policy_refresh")
     for name in (*positive, "revocation_staleness_limit"):
         value = getattr(config, name)

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ import anyio
 import orjson
 
 from sentinel import child, logs
-from sentinel.assembly import Assembly, assemble
-from sentinel.config import ServerConfig, default_token_file
+from sentinel.assembly import Assembly, ProfileRun, assemble
+from sentinel.config import ServerConfig
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.files import (
     UnsafeFileError,
@@ -91,8 +92,6 @@ async def _shutdown(assembly: Assembly, notifier: SystemdNotifier) -> None:
 
 async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
     """Exit 0 after SIGTERM/SIGINT, whether it came while serving or during startup."""
-    # Absolute: the env file is read by other units, whose working directory is not ours.
-    token_file = (config.token_file or default_token_file()).absolute()
     # Handlers before anything slow (issue 10): the default action of all three is to kill the
     # process, which during startup left a created record active; systemd may also signal the
     # moment it hears READY=1.
@@ -101,14 +100,14 @@ async def _serve(config: ServerConfig, notifier: SystemdNotifier) -> int:
         async with anyio.create_task_group() as handlers:
             await handlers.start(signals.run, received)
             try:
-                await _serve_until_stopped(config, notifier, signals, token_file)
+                await _serve_until_stopped(config, notifier, signals)
             finally:
                 handlers.cancel_scope.cancel()
     return 0
 
 
 async def _serve_until_stopped(
-    config: ServerConfig, notifier: SystemdNotifier, signals: ServeSignals, token_file: Path
+    config: ServerConfig, notifier: SystemdNotifier, signals: ServeSignals
 ) -> None:
     # A stop during startup cancels it: `assemble` closes what it built and, once the tracker
     # runs, shuts it down (a created record ends expired); the scope swallows the cancellation.
@@ -116,41 +115,46 @@ async def _serve_until_stopped(
         async with assemble(config, Mode.SERVER) as running:
             signals.detach(startup)  # serving: a stop ends the loop below, then the shutdown order
             try:
-                _write_workload_files(config, running, token_file)
-                notifier.status(
-                    f"serving on port {running.listener.port}; session {running.session.id}; "
-                    f"profile {running.session.profile}"
+                _write_workload_files(running)
+                # "session S; profile P" per profile, the default first (the unit's status line).
+                sessions = "; ".join(
+                    f"session {r.session.id}; profile {r.session.profile}" for r in running.profiles
                 )
+                notifier.status(f"serving on port {running.listener.port}; {sessions}")
                 notifier.ready()
                 running.background.start_soon(watchdog_loop, notifier)
                 while await signals.wait_request() is Request.RELOAD:
-                    await _reload(config, running, notifier, signals, token_file)
+                    await _reload(running, notifier, signals)
             finally:
                 # Also when a step above failed: the session was created and must not stay active.
                 signals.stop()
                 await running.shutdown()
 
 
-def _write_workload_files(config: ServerConfig, running: Assembly, token_file: Path) -> None:
-    """The token file, and the env file if asked for; an unwritable path is a one-line error."""
-    try:
-        write_secret_file(token_file, running.token)
-    except OSError as exc:
-        raise ConfigError(f"--token-file {token_file}: cannot write ({exc.strerror or exc})") from None
-    if config.env_file:
+def _write_workload_files(running: Assembly) -> None:
+    """Each profile's token file, and its env file if asked for; an unwritable path is a one-line
+    error. Paths are absolute: the env file is read by other units, whose working directory is
+    not ours."""
+    for run, url in _profile_urls(running):
+        token_file, env_file = run.profile.token_file, run.profile.env_file
         try:
-            write_env_file(config.env_file, running.listener.url, token_file)
+            write_secret_file(token_file, run.token)
         except OSError as exc:
-            raise ConfigError(f"--env-file {config.env_file}: cannot write ({exc.strerror or exc})") from None
+            raise ConfigError(f"--token-file {token_file}: cannot write ({exc.strerror or exc})") from None
+        if env_file:
+            try:
+                write_env_file(env_file, url, token_file)
+            except OSError as exc:
+                raise ConfigError(f"--env-file {env_file}: cannot write ({exc.strerror or exc})") from None
 
 
-async def _reload(
-    config: ServerConfig,
-    running: Assembly,
-    notifier: SystemdNotifier,
-    signals: ServeSignals,
-    token_file: Path,
-) -> None:
+def _profile_urls(running: Assembly) -> list[tuple[ProfileRun, str]]:
+    """Each profile with the URI its workloads use (`/`, or `/profiles/NAME`, issue 14)."""
+    base = running.listener.url.rstrip("/")
+    return [(run, base + run.profile.path) for run in running.profiles]
+
+
+async def _reload(running: Assembly, notifier: SystemdNotifier, signals: ServeSignals) -> None:
     """SIGHUP: re-read the policy now (a bad one keeps the old), put back deleted workload files,
     reopen the decision log. A stop cancels it (issue 11 item 3): shutdown never waits for it."""
     notifier.reloading()
@@ -161,25 +165,22 @@ async def _reload(
         ok = await running.watcher.reload()
     if signals.stopping:
         return  # STOPPING=1 is out; READY=1 now would tell systemd the opposite
-    _restore_workload_files(config, running, token_file)
+    _restore_workload_files(running)
     running.audit.reopen()
     _log.info("reload on SIGHUP: %s", "policy current" if ok else "kept the previous policy")
     notifier.ready()
 
 
-def _restore_workload_files(config: ServerConfig, running: Assembly, token_file: Path) -> None:
-    """Rewrite the token and env files if they are missing or altered (issue 11 item 5).
-
-    A refusal or a failed write is one error line: the server keeps serving, and workloads that
-    already hold the token keep working."""
-    files: list[tuple[str, Path, Callable[[], bool]]] = [
-        ("--token-file", token_file, lambda: ensure_secret_file(token_file, running.token))
-    ]
-    if config.env_file:
-        env_file = config.env_file
-        files.append(
-            ("--env-file", env_file, lambda: ensure_env_file(env_file, running.listener.url, token_file))
-        )
+def _restore_workload_files(running: Assembly) -> None:
+    """Rewrite every profile's token and env files if they are missing or altered (issue 11
+    item 5). A refusal or a failed write is one error line: the server keeps serving, and
+    workloads that already hold the token keep working."""
+    files: list[tuple[str, Path, Callable[[], bool]]] = []
+    for run, url in _profile_urls(running):
+        token_file, env_file, token = run.profile.token_file, run.profile.env_file, run.token
+        files.append(("--token-file", token_file, partial(ensure_secret_file, token_file, token)))
+        if env_file:
+            files.append(("--env-file", env_file, partial(ensure_env_file, env_file, url, token_file)))
     for option, path, ensure in files:
         try:
             if ensure():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, TypeVar
 
 LabelValues = tuple[str, ...]
@@ -138,3 +138,28 @@ class Registry:
         for metric in self._metrics.values():
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
+
+
+def render_labelled(shared: Registry, label: str, parts: Mapping[str, Registry]) -> str:
+    """`shared` and every registry of `parts` as one exposition, each metric family once: the
+    samples of `parts[value]` carry `label="value"` first (several profiles, issue 14)."""
+    if not _LABEL_NAME.fullmatch(label):
+        raise ValueError(f"invalid label name {label!r}")
+    families: dict[str, list[tuple[str, _Metric]]] = {}
+    for value, registry in (("", shared), *parts.items()):
+        for metric in registry._metrics.values():
+            families.setdefault(metric.name, []).append((value, metric))
+    lines: list[str] = []
+    for name, members in families.items():
+        first = members[0][1]
+        lines.append(f"# HELP {name} {_escape_help(first.help)}")
+        lines.append(f"# TYPE {name} {first.kind}")
+        for value, metric in members:
+            for labels, number in metric.samples():
+                pairs = [f'{k}="{_escape(v)}"' for k, v in zip(metric.labels, labels, strict=True)]
+                if value:
+                    pairs.insert(0, f'{label}="{_escape(value)}"')
+                lines.append(
+                    f"{name}{{{','.join(pairs)}}} {_number(number)}" if pairs else f"{name} {_number(number)}"
+                )
+    return "\n".join(lines) + "\n"

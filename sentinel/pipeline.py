@@ -141,6 +141,10 @@ class Pipeline:
         return self._allow(decision, credentials, cache_hit=cache_hit, caller=caller)
 
     def health(self) -> Reply:
+        return Reply(200, orjson.dumps(self.health_body()), JSON)
+
+    def health_body(self) -> dict[str, object]:
+        """What `/healthz` says about this session (a profile set nests it per profile)."""
         tracker = self._tracker.statistics()
         policy = self._policy.statistics()
         cache = self._cache.statistics()
@@ -172,7 +176,7 @@ class Pipeline:
             },
             **self._health_extra,
         }
-        return Reply(200, orjson.dumps(body), JSON)
+        return body
 
     def metrics(self) -> Reply:
         return Reply(200, self._registry.render().encode(), PROMETHEUS_TEXT)

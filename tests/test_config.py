@@ -23,6 +23,7 @@ from sentinel.config import (
     default_server_instance_id,
     default_session_db,
     default_token_file,
+    served_profiles,
 )
 from sentinel.errors import ConfigError
 from tests.support.sentinel_process import run_sentinel
@@ -296,3 +297,55 @@ def _three_free_ports() -> tuple[int, int, int]:
         ports.add(free_port())
     first, second, third = ports
     return first, second, third
+
+
+def test_profile_tables_and_a_repeated_profile_resolve_every_profile(tmp_path: Path) -> None:
+    """Issue 14. 1. A file with `profile` and two tables: the default first, its own table beats
+       the top level; `ops` takes its token file from its table, `audit` takes the convention
+       (`audit.token` and `audit.env` beside the default's files), `--region`, and no role_arn of
+       the default's.
+    2. A repeated --profile: those profiles only, the first the default; tables still give options
+       (ops's token file is its table's, and dev's lands beside it).
+    3. A flag or the environment beats the default's table."""
+    toml = tmp_path / "sentinel.toml"
+    toml.write_text(
+        'profile = "dev"\nregion = "eu-west-1"\n'
+        'token_file = "/run/s/token"\nenv_file = "/run/s/workload.env"\n'
+        'role_arn = "arn:aws:iam::123456789012:role/top"\n'
+        '[profiles.dev]\nrole_arn = "arn:aws:iam::123456789012:role/dev"\n'
+        '[profiles.ops]\ntoken_file = "/run/o/ops-token"\nserver_duration = "1h"\n'
+        "[profiles.audit]\n"
+    )
+    config = build_config({}, {}, toml)
+    served = served_profiles(config, {})
+    assert [(p.name, p.default, p.path) for p in served] == [
+        ("dev", True, "/"),
+        ("ops", False, "/profiles/ops"),
+        ("audit", False, "/profiles/audit"),
+    ]
+    dev, ops, audit = served
+    assert dev.role_arn == "arn:aws:iam::123456789012:role/dev"
+    assert (ops.token_file, ops.server_duration, ops.role_arn) == (
+        Path("/run/o/ops-token"),
+        timedelta(hours=1),
+        None,
+    )
+    assert (ops.env_file, ops.region) == (Path("/run/s/ops.env"), "eu-west-1")
+    assert (audit.token_file, audit.env_file) == (Path("/run/s/audit.token"), Path("/run/s/audit.env"))
+    assert audit.server_duration == timedelta(minutes=15)
+
+    repeated = served_profiles(build_config({"profile": ["ops", "dev"]}, {}, toml), {})
+    assert [(p.name, p.token_file) for p in repeated] == [
+        ("ops", Path("/run/o/ops-token")),
+        ("dev", Path("/run/o/dev.token")),
+    ]
+
+    flagged = build_config({"role_arn": "arn:aws:iam::123456789012:role/flag"}, {}, toml)
+    assert flagged.role_arn == "arn:aws:iam::123456789012:role/flag"
+    assert build_config({}, {"SENTINEL_PROFILE": "audit"}, toml).profile == "audit"
+
+
+def test_one_profile_needs_no_name_and_keeps_its_single_profile_layout() -> None:
+    """No --profile at all: one unnamed profile (the SDK's default chain) on `/` only."""
+    (only,) = served_profiles(build_config({}, {}), {"XDG_STATE_HOME": "/h"})
+    assert (only.name, only.paths, only.token_file) == (None, ("/",), Path("/h/sentinel/token"))

@@ -55,7 +55,7 @@ from sentinel.server.http import (
     route_for,
 )
 from sentinel.server.service import Caller, Reply
-from sentinel.server.state import ServerState
+from sentinel.server.state import ServerState, Target
 
 # Module-level aliases: the hot path compares identities without attribute lookups.
 _CREDENTIALS = Route.CREDENTIALS
@@ -87,7 +87,8 @@ _OWS = b" \t"
 _DEAD_PARSER = httptools.HttpRequestParser(object())
 
 
-Item: TypeAlias = Canned | Route
+# A credential request is queued as its `Target` (which profile's service answers it).
+Item: TypeAlias = Canned | Route | Target
 Pending: TypeAlias = tuple[Item, bool, Route]
 
 
@@ -291,18 +292,19 @@ class HttpConnection(asyncio.Protocol):
         flags = self._flags
         if (
             self._authenticated
-            and self._url == b"/"
+            and (target := srv.targets.get(self._url)) is not None
             and (not flags or (flags == _KEEP_ALIVE and parser.get_http_version() == "1.1"))
             and self._host in srv.hosts.accepted
             and auth is not None
-            and _compare_digest(auth, srv.token)
+            and _compare_digest(auth, target.token)
             and self._task is None
             and parser.should_keep_alive()
             and parser.get_method() == b"GET"
         ):
-            # The hot path (DESIGN.md §3): a keep-alive GET / that passed every check, on a
-            # connection that already did (its first request went through `_dispatch`).
-            self._issue_now(True)
+            # The hot path (DESIGN.md §3): a keep-alive GET of a profile's path (`/`) that passed
+            # every check, on a connection that already did (its first request went through
+            # `_dispatch`).
+            self._issue_now(True, target)
             return
         self._dispatch()
         if self._closing:
@@ -321,7 +323,8 @@ class HttpConnection(asyncio.Protocol):
             # HTTP/1.0 always closes: honouring its keep-alive would need a `Connection:
             # keep-alive` response header for a case no SDK uses.
             keep_alive = parser.get_http_version() == "1.1"
-        route = route_for(self._url)
+        target = srv.target_for(self._url)
+        route = _CREDENTIALS if target is not None else route_for(self._url)
         host = self._host
         auth = self._auth
         refusal: Canned | None = None
@@ -337,12 +340,16 @@ class HttpConnection(asyncio.Protocol):
             refusal = MISSING_HOST
         elif not srv.hosts.allows(host.rstrip(_OWS)):
             refusal = BAD_HOST
-        elif auth is not None and _compare_digest(auth.rstrip(_OWS), srv.token):
+        elif auth is not None and srv.any_token(token := auth.rstrip(_OWS)):
+            # The token of any profile authenticates the connection; a credential path takes only
+            # its own profile's (issue 14): B's token on A's path is a 401.
             if not self._authenticated:
                 self._authenticated = True
                 srv.authenticated(self)
             if route is _OTHER:
                 refusal = NOT_FOUND
+            elif target is not None and not _compare_digest(token, target.token):
+                refusal = UNAUTHORIZED
         elif route is not _HEALTHZ:
             refusal = UNAUTHORIZED
         if refusal is None and parser.get_method() != b"GET":
@@ -351,7 +358,7 @@ class HttpConnection(asyncio.Protocol):
         # then closed, so a peer without the token cannot hold a slot (issue 11).
         keep_alive = keep_alive and self._authenticated
         if refusal is None:
-            self._emit(route, keep_alive, route)
+            self._emit(target if target is not None else route, keep_alive, route)
         else:
             self._refuse(refusal, keep_alive, route)
 
@@ -386,8 +393,8 @@ class HttpConnection(asyncio.Protocol):
             self._answer(item, keep_alive, route)
 
     def _answer(self, item: Item, keep_alive: bool, route: Route) -> None:
-        if item is _CREDENTIALS:
-            self._issue_now(keep_alive)
+        if type(item) is Target:
+            self._issue_now(keep_alive, item)
         elif item is _HEALTHZ:
             self._send_reply(self._srv.service.health(), keep_alive, route, cached=False)
         elif item is _METRICS:
@@ -397,15 +404,15 @@ class HttpConnection(asyncio.Protocol):
             canned = cast(Canned, item)
             self._send(canned.bytes_for(keep_alive), keep_alive, route, canned.status)
 
-    def _issue_now(self, keep_alive: bool) -> None:
+    def _issue_now(self, keep_alive: bool, target: Target) -> None:
         """Answer a credential request from the cache, or start awaiting `service.issue()`.
 
         A keep-alive answer of the reply rendered last is one write and one integer add: the
         hot path's whole cost after the checks."""
         srv = self._srv
-        reply = srv.service.issue_nowait(self._caller)
+        reply = target.service.issue_nowait(self._caller)
         if reply is None:
-            self._start_issue(keep_alive, _CREDENTIALS)
+            self._start_issue(keep_alive, target)
         elif keep_alive and reply is srv.renderer.reply:
             self._transport.write(srv.renderer.keep_alive)
             srv.hot_hits += 1
@@ -437,17 +444,17 @@ class HttpConnection(asyncio.Protocol):
         else:
             transport.close()
 
-    def _start_issue(self, keep_alive: bool, route: Route) -> None:
+    def _start_issue(self, keep_alive: bool, target: Target) -> None:
         srv = self._srv
         srv.requests_in_flight += 1
         self.deadline = 0.0  # the service bounds its own work; shutdown bounds ours
-        self._task = srv.loop.create_task(self._issue(keep_alive, route))
+        self._task = srv.loop.create_task(self._issue(keep_alive, target))
         self._update_reading()
 
-    async def _issue(self, keep_alive: bool, route: Route) -> None:
+    async def _issue(self, keep_alive: bool, target: Target) -> None:
         srv = self._srv
         try:
-            reply = await srv.service.issue(self._caller)
+            reply = await target.service.issue(self._caller)
         finally:
             srv.requests_in_flight -= 1
             self._task = None
@@ -455,7 +462,7 @@ class HttpConnection(asyncio.Protocol):
             return
         # The last response before a requested close (shutdown, client EOF) says so.
         keep_alive = keep_alive and not (self._closing and not self._backlog)
-        self._send_reply(reply, keep_alive, route, cached=True)
+        self._send_reply(reply, keep_alive, _CREDENTIALS, cached=True)
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:

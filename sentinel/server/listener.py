@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
 from sentinel.metrics import Registry
@@ -16,8 +17,8 @@ from sentinel.server.connection import HttpConnection
 from sentinel.server.guard import GuardedService
 from sentinel.server.limits import ServerConfigError, ServerLimits, loopback_bind_address, validate_token
 from sentinel.server.peer import UserGate
-from sentinel.server.service import CredentialService
-from sentinel.server.state import ServerState, ServerStatistics
+from sentinel.server.service import CredentialService, Endpoint
+from sentinel.server.state import ServerState, ServerStatistics, Target
 
 _log = logging.getLogger("sentinel.server")
 
@@ -142,8 +143,12 @@ async def start_server(
     metrics: Registry | None = None,
     logger: logging.Logger | None = None,
     users: UserGate | None = None,
+    endpoints: Sequence[Endpoint] = (),
 ) -> Server:
     """Bind a loopback listener serving `service` and return it running.
+
+    `service` answers `/healthz`, `/metrics` and, with `token`, `GET /`; each of `endpoints` adds
+    (or replaces) a credential path with its own service and token (several profiles, issue 14).
 
     `host` must be a loopback literal or "localhost" (which binds 127.0.0.1); anything else, an
     unusable token or bad limits raise `ServerConfigError` before a socket exists, as does a port
@@ -151,11 +156,16 @@ async def start_server(
     the default event loop. `users` (`--allow-user`) refuses clients of other local users.
     """
     address = loopback_bind_address(host)
-    token_bytes = validate_token(token)
+    guarded = GuardedService(service, logger or _log)
+    targets = {b"/": Target(guarded, validate_token(token))}
+    for endpoint in endpoints:
+        targets[endpoint.path.encode()] = Target(
+            GuardedService(endpoint.service, logger or _log), validate_token(endpoint.token)
+        )
     limits = limits if limits is not None else ServerLimits()
     loop = asyncio.get_running_loop()
     logger = logger or _log
-    state = ServerState(GuardedService(service, logger), token_bytes, limits, loop, logger, metrics, users)
+    state = ServerState(guarded, targets, limits, loop, logger, metrics, users)
     try:
         listener = await loop.create_server(
             lambda: HttpConnection(state),

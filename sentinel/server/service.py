@@ -52,3 +52,14 @@ class CredentialService(Protocol):
     def metrics(self) -> Reply:
         """Prometheus text for `/metrics`."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A credential path and who answers it: one per profile of a server (issue 14).
+
+    `path` is `/` (the default profile) or `/profiles/NAME`; `token` is that profile's alone."""
+
+    path: str
+    service: CredentialService
+    token: str

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Protocol
 
 from sentinel.metrics import Counter, Registry
@@ -47,6 +48,16 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
     def evict(self) -> None: ...
+
+
+class Target:
+    """A credential path's profile (issue 14): the service that answers it and the token it takes."""
+
+    __slots__ = ("service", "token")
+
+    def __init__(self, service: CredentialService, token: bytes) -> None:
+        self.service = service
+        self.token = token
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +108,8 @@ class ServerState:
         "requests",
         "requests_in_flight",
         "service",
-        "token",
+        "targets",
+        "tokens",
         "users",
         "write_pauses",
     )
@@ -105,7 +117,7 @@ class ServerState:
     def __init__(
         self,
         service: CredentialService,
-        token: bytes,
+        targets: dict[bytes, Target],
         limits: ServerLimits,
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
@@ -114,8 +126,10 @@ class ServerState:
     ) -> None:
         # `--allow-user`: asked once per connection in `connection_made`; None lets any uid in.
         self.users = users
+        # `service` answers /healthz and /metrics; each credential path has its own `Target`.
         self.service = service
-        self.token = token
+        self.targets = targets
+        self.tokens = tuple({id(target.token): target.token for target in targets.values()}.values())
         self.limits = limits
         self.loop = loop
         self.logger = logger
@@ -172,6 +186,20 @@ class ServerState:
         self.auth_deadline = now + min(limits.auth_timeout, limits.header_timeout) + slack
         self.header_deadline = now + limits.header_timeout + slack
         self.idle_deadline = now + limits.idle_timeout + slack
+
+    def target_for(self, url: bytes) -> Target | None:
+        """The credential path `url` names (a query string is ignored), or None."""
+        target = self.targets.get(url)
+        if target is None and b"?" in url:
+            target = self.targets.get(url.partition(b"?")[0])
+        return target
+
+    def any_token(self, token: bytes) -> bool:
+        """True if `token` is any profile's; every token is compared, each in constant time."""
+        found = False
+        for candidate in self.tokens:
+            found |= compare_digest(token, candidate)
+        return found
 
     def count(self, route: Route, status: int) -> None:
         """Count one answered request off the fast path."""

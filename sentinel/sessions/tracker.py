@@ -113,10 +113,12 @@ class SessionTracker:
         retention: Retention = DEFAULT_RETENTION,
         lease_renewal: float = LEASE_RENEWAL,
         staleness_limit: float | None = None,
+        owns_store: bool = True,
     ) -> None:
         """`store` is an open store (the caller closes it) or an opener: then the worker opens
         the store in the background, retrying with `backoff` while it fails (a locked or corrupt
-        SQLite file, an unreachable endpoint), and closes it at shutdown (issue 10).
+        SQLite file, an unreachable endpoint), and closes it at shutdown (issue 10) unless
+        `owns_store` is False (one store shared by the trackers of several profiles, issue 14).
 
         `staleness_limit`: seconds without an answer from the store after which `stale` turns
         True (for an optional fail-closed gate); None never sets it."""
@@ -129,6 +131,7 @@ class SessionTracker:
         opened: SessionStore | None = None if callable(store) and not hasattr(store, "touch") else store  # type: ignore[assignment]
         self._opener: StoreOpener | None = None if opened is not None else store  # type: ignore[assignment]
         self._store = opened
+        self._owns_store = owns_store
         self._clock = clock
         # touch_nowait runs once per request: bind what it calls once, and skip the SystemClock
         # indirection (one Python call less per request).
@@ -311,7 +314,7 @@ class SessionTracker:
             except SessionStoreError as exc:
                 self._log.warning("could not mark session %s expired: %s", self._own_id, exc)
             self._sync_revoked()
-            if self._opener is not None and self._store is not None:
+            if self._opener is not None and self._store is not None and self._owns_store:
                 await self._store.aclose()  # we opened it
         timed_out |= scope.cancelled_caught
         self._summary = ShutdownSummary(

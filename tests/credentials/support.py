@@ -7,6 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,6 +80,8 @@ class StsProxy:
         self.upstream = upstream
         self.calls: list[dict[str, str]] = []
         self.error: tuple[int, str, str] | None = None
+        # Which calls get `error` (all of them when None): e.g. one role's AssumeRole only.
+        self.error_when: Callable[[dict[str, str]], bool] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -113,6 +116,8 @@ class StsProxy:
                 with proxy._lock:
                     proxy.calls.append(params)
                     error = proxy.error
+                    if proxy.error_when is not None and not proxy.error_when(params):
+                        error = None
                 if error is not None:
                     self._reply(error[0], "text/xml", _error_xml(error[1], error[2]))
                     return
