@@ -50,14 +50,12 @@ class Connection(Protocol):
     def evict(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
 class Target:
     """A credential path's profile (issue 14): the service that answers it and the token it takes."""
 
-    __slots__ = ("service", "token")
-
-    def __init__(self, service: CredentialService, token: bytes) -> None:
-        self.service = service
-        self.token = token
+    service: CredentialService
+    token: bytes
 
 
 @dataclass(frozen=True, slots=True)
