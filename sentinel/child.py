@@ -7,12 +7,15 @@ the shared config and credentials files (pointed at /dev/null).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from sentinel.errors import SentinelError
+
+if TYPE_CHECKING:
+    import asyncio
 
 MARKER = "AWS_SENTINEL"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -80,6 +83,8 @@ def exit_code(returncode: int) -> int:
 
 async def run_child(argv: list[str], env: dict[str, str]) -> int:
     """Run the child to completion, forwarding SIGINT, SIGTERM and SIGHUP to it."""
+    import asyncio  # here: `exec --attach` imports this module and never runs an event loop
+
     loop = asyncio.get_running_loop()
     process: asyncio.subprocess.Process | None = None
     early: list[int] = []

@@ -16,10 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import anyio
-import orjson
-
-from sentinel import __version__, logs
+from sentinel import __version__
 from sentinel.child import CommandNotExecutable, CommandNotFound
 from sentinel.config import OPTIONS, ServerConfig, build_config
 from sentinel.errors import ConfigError, CredentialError, PolicyError, SentinelError
@@ -174,6 +171,8 @@ def _config(args: argparse.Namespace, names: Sequence[str]) -> ServerConfig:
 
 
 def _run(function: Callable[[], Awaitable[T]]) -> T:
+    import anyio  # here: `exec --attach` runs no event loop and must not pay for one (issue 14)
+
     return anyio.run(function, backend_options={"use_uvloop": True})
 
 
@@ -182,6 +181,8 @@ def _out(text: str) -> None:
 
 
 def _json(value: Any) -> None:
+    import orjson
+
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -324,7 +325,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     failures = [result for result in results if result.error is not None]
     for failure in failures:
         line = f"session {failure.session.id} revoked in the store but not enforced on AWS: {failure.error}"
-        sys.stderr.write(logs.error_line(line, "text") + "\n")
+        sys.stderr.write(_error_line(line, "text") + "\n")
     return max((exit_code_for(failure.error) for failure in failures if failure.error), default=0)
 
 
@@ -437,6 +438,14 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     return code
 
 
+def _error_line(message: str, log_format: str) -> str:
+    # Imported on the way out only: logging and orjson are most of what a successful
+    # `exec --attach` would otherwise import (issue 14).
+    from sentinel import logs
+
+    return logs.error_line(message, log_format)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -444,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except SentinelError as error:
-        sys.stderr.write(logs.error_line(str(error), getattr(args, "error_format", "text")) + "\n")
+        sys.stderr.write(_error_line(str(error), getattr(args, "error_format", "text")) + "\n")
         return exit_code_for(error)
     except KeyboardInterrupt:
         return 130

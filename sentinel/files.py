@@ -11,9 +11,7 @@ at the final name is ours. Each refusal is an `UnsafeFileError` naming the path 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -150,6 +148,8 @@ def _check_ours(path: Path, info: os.stat_result, what: str) -> None:
 
 def _create_temporary(path: Path, dir_fd: int) -> tuple[str, int]:
     """A new file next to `path` that nobody else can have opened: O_EXCL on a random name."""
+    import secrets  # here, as hmac in `_holds`: `exec --attach` only reads (issue 14)
+
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_CREATE_ATTEMPTS):
         name = f".{path.name}.{secrets.token_hex(8)}.tmp"
@@ -183,6 +183,8 @@ def _holds(path: Path, content: bytes, mode: int) -> bool:
             or info.st_size != len(content)
         ):
             return False
+        import hmac
+
         return hmac.compare_digest(os.read(fd, len(content) + 1), content)
     finally:
         os.close(fd)
