@@ -66,6 +66,10 @@ def exit_code_for(error: SentinelError) -> int:
         return EXIT_COMMAND_NOT_FOUND
     if isinstance(error, CommandNotExecutable):
         return EXIT_NOT_EXECUTABLE
+    from sentinel.attach import DaemonUnavailable
+
+    if isinstance(error, DaemonUnavailable):
+        return EXIT_UNAVAILABLE
     from sentinel.admin import NoActiveSessions, UsageError
 
     if isinstance(error, UsageError):
@@ -115,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve)
 
     run = commands.add_parser("exec", help="run a command with credentials from Sentinel")
-    run.add_argument("--server", action="store_true", help="serve credentials to the child over loopback")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--server", action="store_true", help="serve credentials to the child over loopback")
+    where.add_argument(
+        "--attach",
+        action="store_true",
+        help="use the running `sentinel serve` whose --env-file is given (no server of its own)",
+    )
     _add_options(run, SERVER_FIELDS)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     run.set_defaults(handler=_cmd_exec)
@@ -428,6 +438,11 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         raise ConfigError("exec: give the command to run after --")
     config = _config(args, SERVER_FIELDS)
     args.error_format = config.log_format
+    if args.attach:
+        # No SDK and no event loop: this process becomes the command (issue 14).
+        from sentinel.attach import attach
+
+        attach(argv, env_file=config.env_file, profile=config.profile, region=config.region)
     with _importing_for_good():
         from sentinel import daemon
     code = daemon.exec_command(config, argv, server=args.server)
