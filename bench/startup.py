@@ -1,4 +1,5 @@
-"""`python -m bench.startup`: how long a quick `sentinel exec --server -- true` takes (issue 12).
+"""`python -m bench.startup`: how long a quick `sentinel exec --server -- true` takes (issue 12),
+and `sentinel exec --attach -- true` on a running `sentinel serve` (issue 14).
 
 Whole processes timed from outside, against the local emulator (a moto server), in interleaved
 rounds (a random order per round, so a drift in the machine's speed hits every command alike):
@@ -7,8 +8,10 @@ rounds (a random order per round, so a drift in the machine's speed hits every c
   boto3     python -c "import boto3"            the yardstick: what any boto3 script pays
   exec      sentinel exec --server -- true      SQLite store, a policy file, a role profile
   exec-cli  sentinel exec -- true               no listener and no session (cli mode)
+  attach    sentinel exec --attach -- true      on a `sentinel serve` started once, beforehand
 
 Target: exec ÷ boto3 <= 1.8 in wall time, the ratio taken round by round, its median reported.
+attach is reported against the interpreter alone (floor) and against exec, the same way; no target.
 CPU (user + system of the process and its children, from wait4) is reported alongside: on a shared
 machine it moves less than wall time. Every command runs with compiled bytecode (a private
 PYTHONPYCACHEPREFIX, filled by the warm-up rounds), as an installed package would.
@@ -33,6 +36,7 @@ from typing import Any
 from harness.aws_env import isolated_aws_environment
 from harness.moto import MotoServer
 from harness.policies import ALLOW_POLICY
+from harness.process import stop_process, wait_serving
 from harness.sandbox import PROFILE, make_sandbox
 
 TARGET = 1.8
@@ -44,7 +48,7 @@ class Sample:
     cpu: float
 
 
-def commands(policy: Path, db: Path) -> dict[str, list[str]]:
+def commands(policy: Path, db: Path, env_file: Path) -> dict[str, list[str]]:
     python = sys.executable
     sentinel = [python, "-m", "sentinel", "exec", "--profile", PROFILE, "--policy-file", str(policy)]
     return {
@@ -52,7 +56,22 @@ def commands(policy: Path, db: Path) -> dict[str, list[str]]:
         "boto3": [python, "-c", "import boto3"],
         "exec": [*sentinel, "--server", "--session-db", str(db), "--", "true"],
         "exec-cli": [*sentinel, "--", "true"],
+        "attach": [python, "-m", "sentinel", "exec", "--attach", "--env-file", str(env_file), "--", "true"],
     }
+
+
+def start_daemon(work: Path, policy: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """The `sentinel serve` that `attach` runs on; ready once its env file exists. Its log goes
+    to a file, so it cannot interleave with the figures, and is quoted if it fails to start."""
+    env_file, log = work / "run" / "workload.env", work / "serve.log"
+    argv = [sys.executable, "-m", "sentinel", "serve", "--profile", PROFILE, "--policy-file", str(policy)]
+    files = ["--session-db", str(work / "serve.db"), "--token-file", str(work / "run" / "token")]
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*argv, *files, "--env-file", str(env_file)], env=env, stdin=subprocess.DEVNULL, stderr=stderr
+        )
+    wait_serving(process, env_file.exists, "sentinel serve", 60, lambda: log.read_text()[-2000:])
+    return process, env_file
 
 
 def run_once(argv: Sequence[str], env: dict[str, str]) -> Sample:
@@ -91,14 +110,22 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, Any]:
         name: {"wall": spread([s.wall for s in runs]), "cpu": spread([s.cpu for s in runs])}
         for name, runs in samples.items()
     }
-    pairs = list(zip(samples["exec"], samples["boto3"], strict=True))
-    ratio_wall = statistics.median(e.wall / b.wall for e, b in pairs)
-    ratio_cpu = statistics.median(e.cpu / b.cpu for e, b in pairs)
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        pairs = list(zip(samples[a], samples[b], strict=True))
+        return {
+            "wall": statistics.median(x.wall / y.wall for x, y in pairs),
+            "cpu": statistics.median(x.cpu / y.cpu for x, y in pairs),
+        }
+
+    exec_over_boto3 = ratio("exec", "boto3")
     return {
         "commands": per_command,
-        "exec_over_boto3": {"wall": ratio_wall, "cpu": ratio_cpu},
-        "target": {"exec_over_boto3_wall": TARGET, "met": ratio_wall <= TARGET},
-        "rounds": len(pairs),
+        "exec_over_boto3": exec_over_boto3,
+        "attach_over_floor": ratio("attach", "floor"),
+        "attach_over_exec": ratio("attach", "exec"),
+        "target": {"exec_over_boto3_wall": TARGET, "met": exec_over_boto3["wall"] <= TARGET},
+        "rounds": len(samples["exec"]),
     }
 
 
@@ -116,6 +143,12 @@ def render(summary: dict[str, Any]) -> str:
         f"exec ÷ boto3 (median of {summary['rounds']} rounds): wall {ratio['wall']:.2f} "
         f"(target <= {TARGET}: {verdict}), cpu {ratio['cpu']:.2f}"
     )
+    for name, label in (("attach_over_floor", "attach ÷ floor"), ("attach_over_exec", "attach ÷ exec")):
+        ratio = summary[name]
+        lines.append(
+            f"{label} (median of {summary['rounds']} rounds): "
+            f"wall {ratio['wall']:.2f}, cpu {ratio['cpu']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -140,8 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 policy.write_text(ALLOW_POLICY)
                 env = sandbox.env(PYTHONPYCACHEPREFIX=str(work / "pycache"))
                 env.pop("PYTHONDONTWRITEBYTECODE", None)
-                argvs = commands(policy, work / "sessions.db")
-                samples = measure(argvs, env, options.rounds, options.warmup, seed)
+                daemon, env_file = start_daemon(work, policy, env)
+                try:
+                    argvs = commands(policy, work / "sessions.db", env_file)
+                    samples = measure(argvs, env, options.rounds, options.warmup, seed)
+                finally:
+                    stop_process(daemon)
         finally:
             moto.stop()
     summary = {**summarise(samples), "seed": seed}

@@ -7,12 +7,15 @@ the shared config and credentials files (pointed at /dev/null).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from sentinel.errors import SentinelError
+
+if TYPE_CHECKING:
+    import asyncio
 
 MARKER = "AWS_SENTINEL"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -73,6 +76,15 @@ def child_environment(
     return env
 
 
+def command_error(command: str, error: OSError) -> SentinelError:
+    """What a command that could not be started becomes: 127 if it does not exist, else 126."""
+    if isinstance(error, FileNotFoundError):
+        return CommandNotFound(f"exec: command not found: {command}")
+    if isinstance(error, PermissionError):
+        return CommandNotExecutable(f"exec: permission denied: {command}")
+    return CommandNotExecutable(f"exec: cannot run {command}: {error.strerror or error}")
+
+
 def exit_code(returncode: int) -> int:
     """The child's exit code; 128 + N when signal N killed it (as shells report it)."""
     return 128 - returncode if returncode < 0 else returncode
@@ -80,6 +92,8 @@ def exit_code(returncode: int) -> int:
 
 async def run_child(argv: list[str], env: dict[str, str]) -> int:
     """Run the child to completion, forwarding SIGINT, SIGTERM and SIGHUP to it."""
+    import asyncio  # here: `exec --attach` imports this module and never runs an event loop
+
     loop = asyncio.get_running_loop()
     process: asyncio.subprocess.Process | None = None
     early: list[int] = []
@@ -96,10 +110,8 @@ async def run_child(argv: list[str], env: dict[str, str]) -> int:
     try:
         try:
             process = await asyncio.create_subprocess_exec(*argv, env=env)
-        except FileNotFoundError:
-            raise CommandNotFound(f"exec: command not found: {argv[0]}") from None
-        except PermissionError:
-            raise CommandNotExecutable(f"exec: permission denied: {argv[0]}") from None
+        except OSError as exc:
+            raise command_error(argv[0], exc) from None
         for queued in early:
             forward(queued)
         return exit_code(await process.wait())

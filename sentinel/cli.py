@@ -17,10 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import anyio
-import orjson
-
-from sentinel import __version__, logs
+from sentinel import __version__
 from sentinel.child import CommandNotExecutable, CommandNotFound
 from sentinel.config import OPTIONS, ServerConfig, build_config
 from sentinel.errors import ConfigError, CredentialError, PolicyError, SentinelError
@@ -70,6 +67,10 @@ def exit_code_for(error: SentinelError) -> int:
         return EXIT_COMMAND_NOT_FOUND
     if isinstance(error, CommandNotExecutable):
         return EXIT_NOT_EXECUTABLE
+    from sentinel.attach import DaemonUnavailable
+
+    if isinstance(error, DaemonUnavailable):
+        return EXIT_UNAVAILABLE
     from sentinel.admin import NoActiveSessions, UsageError
 
     if isinstance(error, UsageError):
@@ -119,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve)
 
     run = commands.add_parser("exec", help="run a command with credentials from Sentinel")
-    run.add_argument("--server", action="store_true", help="serve credentials to the child over loopback")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--server", action="store_true", help="serve credentials to the child over loopback")
+    where.add_argument(
+        "--attach",
+        action="store_true",
+        help="use the running `sentinel serve` whose --env-file is given (no server of its own)",
+    )
     _add_options(run, SERVER_FIELDS)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     run.set_defaults(handler=_cmd_exec)
@@ -175,6 +182,8 @@ def _config(args: argparse.Namespace, names: Sequence[str]) -> ServerConfig:
 
 
 def _run(function: Callable[[], Awaitable[T]]) -> T:
+    import anyio  # here: `exec --attach` runs no event loop and must not pay for one (issue 14)
+
     return anyio.run(function, backend_options={"use_uvloop": True})
 
 
@@ -183,6 +192,8 @@ def _out(text: str) -> None:
 
 
 def _json(value: Any) -> None:
+    import orjson
+
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -325,7 +336,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     failures = [result for result in results if result.error is not None]
     for failure in failures:
         line = f"session {failure.session.id} revoked in the store but not enforced on AWS: {failure.error}"
-        sys.stderr.write(logs.error_line(line, "text") + "\n")
+        sys.stderr.write(_error_line(line, "text") + "\n")
     return max((exit_code_for(failure.error) for failure in failures if failure.error), default=0)
 
 
@@ -431,6 +442,11 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     # A --config shared with `serve` may list more profiles: exec serves the default one.
     config = dataclasses.replace(_config(args, SERVER_FIELDS), profiles=())
     args.error_format = config.log_format
+    if args.attach:
+        # No SDK and no event loop: this process becomes the command (issue 14).
+        from sentinel.attach import attach
+
+        attach(argv, env_file=config.env_file, profile=config.profile, region=config.region)
     with _importing_for_good():
         from sentinel import daemon
     code = daemon.exec_command(config, argv, server=args.server)
@@ -441,6 +457,14 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     return code
 
 
+def _error_line(message: str, log_format: str) -> str:
+    # Imported on the way out only: logging and orjson are most of what a successful
+    # `exec --attach` would otherwise import (issue 14).
+    from sentinel import logs
+
+    return logs.error_line(message, log_format)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -448,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except SentinelError as error:
-        sys.stderr.write(logs.error_line(str(error), getattr(args, "error_format", "text")) + "\n")
+        sys.stderr.write(_error_line(str(error), getattr(args, "error_format", "text")) + "\n")
         return exit_code_for(error)
     except KeyboardInterrupt:
         return 130

@@ -7,7 +7,6 @@ whose message names the option and the source, on one line (the CLI maps it to e
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -319,6 +318,8 @@ def default_server_instance_id(profile: str, hostname: str | None = None) -> str
     safe = _INSTANCE_ID_UNSAFE.sub("_", text)
     if len(safe) <= _INSTANCE_ID_MAX:
         return safe
+    import hashlib  # here: only an over-long default needs it, and `exec --attach` none (issue 14)
+
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{safe[: _INSTANCE_ID_MAX - 9]}-{digest}"
 

@@ -1,4 +1,5 @@
-"""Files `serve` writes for workloads: the token (0600, no newline) and an EnvironmentFile.
+"""Files `serve` writes for workloads: the token (0600, no newline) and an EnvironmentFile, and
+the reading of that EnvironmentFile back (`exec --attach`).
 
 Both are written so that no other local user can read the token or own either file (issue 11):
 the temporary file has an unguessable name and is created with `O_EXCL` inside the target
@@ -6,14 +7,13 @@ directory (opened once, every step relative to it), checked through its descript
 over the final name; the rename and the directory are fsynced. A directory other users can write
 to is refused unless it is sticky (they cannot then rename or delete our files) and a file already
 at the final name is ours. Each refusal is an `UnsafeFileError` naming the path and the reason.
+An env file is read back only if no one but root and us could have written it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -26,6 +26,8 @@ ENV_MODE = 0o644
 # Random temporary names cannot be guessed; a clash (or a name squatted anyway) is retried.
 _CREATE_ATTEMPTS = 8
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+# serve writes two lines; a few more may come (issue 14). Anything this large is not ours.
+_ENV_FILE_MAX_BYTES = 64 * 1024
 
 
 class UnsafeFileError(ConfigError):
@@ -57,6 +59,43 @@ def write_env_file(path: Path, url: str, token_file: Path) -> None:
     URL this file names.
     """
     write_file_safely(path, env_file_text(url, token_file).encode(), ENV_MODE)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The `KEY=VALUE` lines of an env file, refusing one that someone else could have written.
+
+    A workload sends its token to the URL this file names, so the file must be a regular file
+    owned by root or us and writable by neither group nor others (`UnsafeFileError`); the checks
+    are made on the descriptor that is read, so a file swapped in between cannot pass them. A
+    symbolic link is followed and its target judged. Blank lines and `#` comments are skipped;
+    other lines without `=` are a `ConfigError`; `OSError` when it cannot be read.
+    """
+    # O_NONBLOCK: a FIFO put in its place must not hang the caller.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFileError(path, "refusing to use: not a regular file")
+        if info.st_uid not in (0, os.geteuid()):
+            raise UnsafeFileError(path, f"refusing to use: owned by another user (uid {info.st_uid})")
+        if info.st_mode & _WRITABLE_BY_OTHERS:
+            mode = stat.S_IMODE(info.st_mode)
+            raise UnsafeFileError(path, f"refusing to use: writable by other users (mode {mode:04o})")
+        data = os.read(fd, _ENV_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _ENV_FILE_MAX_BYTES:
+        raise UnsafeFileError(path, f"refusing to use: larger than {_ENV_FILE_MAX_BYTES} bytes")
+    variables: dict[str, str] = {}
+    for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, equals, value = text.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"{path}: line {number} is not KEY=VALUE")
+        variables[key.strip()] = value.strip()
+    return variables
 
 
 def ensure_secret_file(path: Path, secret: str) -> bool:
@@ -150,6 +189,8 @@ def _check_ours(path: Path, info: os.stat_result, what: str) -> None:
 
 def _create_temporary(path: Path, dir_fd: int) -> tuple[str, int]:
     """A new file next to `path` that nobody else can have opened: O_EXCL on a random name."""
+    import secrets  # here, as hmac in `_holds`: `exec --attach` only reads (issue 14)
+
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_CREATE_ATTEMPTS):
         name = f".{path.name}.{secrets.token_hex(8)}.tmp"
@@ -183,6 +224,8 @@ def _holds(path: Path, content: bytes, mode: int) -> bool:
             or info.st_size != len(content)
         ):
             return False
+        import hmac
+
         return hmac.compare_digest(os.read(fd, len(content) + 1), content)
     finally:
         os.close(fd)

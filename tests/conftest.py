@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,15 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
     return path
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory below /tmp, which another local user can reach (pytest's tmp_path is 0700
+    root's), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="sentinel-shared-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path)
 
 
 @pytest.fixture(scope="module")

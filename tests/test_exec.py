@@ -19,7 +19,7 @@ from harness.sandbox import BASE_ACCESS_KEY, PROFILE, AwsSandbox
 from sentinel.sessions.model import SessionStatus
 from tests.support.files import decision_statuses
 from tests.support.notify_socket import NotifySocket
-from tests.support.sentinel_process import SentinelProcess, run_sentinel
+from tests.support.sentinel_process import SentinelProcess, imported_modules, run_sentinel
 from tests.support.serve import SMALL_INTERVALS
 from tests.support.store_rows import store_session
 
@@ -161,16 +161,9 @@ def test_a_sqlite_exec_never_imports_the_asyncio_aws_sdk(
     1. `sentinel exec --server` with a SQLite store and a policy file runs `true` under Python's
        own import log (PYTHONPROFILEIMPORTTIME). 2. It exits 0 having imported botocore (STS), and
        none of aioboto3, aiobotocore, aiohttp or the DynamoDB store."""
-    result = run_sentinel(
-        [*_exec(policy, "--server", "--session-db", str(tmp_path / "s.db")), "--", "true"],
-        {**env, "PYTHONPROFILEIMPORTTIME": "1"},
+    imported = imported_modules(
+        [*_exec(policy, "--server", "--session-db", str(tmp_path / "s.db")), "--", "true"], env
     )
-    assert result.returncode == 0, result.stderr
-    imported = {
-        line.rsplit("|", 1)[1].strip()
-        for line in result.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
     assert "botocore.session" in imported
     unwanted = ("aioboto3", "aiobotocore", "aiohttp", "sentinel.sessions.dynamodb")
     assert sorted(m for m in imported if m.split(".")[0] in unwanted or m.startswith(unwanted)) == []

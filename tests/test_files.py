@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -216,14 +214,6 @@ def _guessable_names() -> list[str]:
         ".token.swp",
         "token~",
     ]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory below /tmp (so another user can reach it), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="sentinel-race-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path)
 
 
 class _Squatter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -37,6 +36,8 @@ class SessionStatus(StrEnum):
 
 def new_session_id() -> str:
     """16 lowercase hex characters (64 bits) from the OS CSPRNG."""
+    import secrets  # here: it loads hmac and hashlib, which `exec --attach` never needs (issue 14)
+
     return secrets.token_hex(8)
 
 

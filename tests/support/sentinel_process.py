@@ -123,6 +123,18 @@ class SentinelProcess:
             reader.join(5)
 
 
+def imported_modules(args: Sequence[str], env: dict[str, str]) -> set[str]:
+    """Run a `sentinel` command to a successful end under Python's own import log
+    (PYTHONPROFILEIMPORTTIME); the name of every module it imported."""
+    result = run_sentinel(args, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
 def run_sentinel(
     args: Sequence[str], env: dict[str, str], within: float = DEADLINE
 ) -> subprocess.CompletedProcess[str]:
