@@ -34,6 +34,7 @@ from sentinel import child
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.files import read_env_file
 from sentinel.loopback import loopback_address
+from sentinel.profiles import PROFILE_PATH_PREFIX
 from sentinel.sessions.model import InvalidSessionId, validate_session_id
 
 URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
@@ -41,7 +42,6 @@ TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"  # noqa: S105 - a variable
 # Optional lines of an env file: the region its profile uses, and which profile it serves.
 REGION = "AWS_REGION"
 PROFILE = "SENTINEL_PROFILE"
-PROFILE_PATH_PREFIX = "/profiles/"
 
 # One question to a process on loopback: it answers in microseconds or not at all.
 HEALTH_TIMEOUT = 2.0

@@ -446,6 +446,9 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         # No SDK and no event loop: this process becomes the command (issue 14).
         from sentinel.attach import attach
 
+        # With `--profile NAME` and the serve's --config, NAME is this command's default profile,
+        # so its `[profiles.NAME]` table's env_file is `config.env_file`; without one, attach
+        # looks for `NAME.env` beside the default's, where serve writes it.
         attach(argv, env_file=config.env_file, profile=config.profile, region=config.region)
     with _importing_for_good():
         from sentinel import daemon

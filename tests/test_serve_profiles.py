@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,53 @@ def test_a_profile_whose_role_cannot_be_assumed_fails_the_start_naming_it(
             lazy.kill()
     finally:
         proxy.stop()
+
+
+def test_exec_attach_finds_each_profile_through_the_shared_config(
+    env: dict[str, str], tmp_path: Path, ops_role: str
+) -> None:
+    """One TOML file for serve and attach; ops's env file is where its table says, not beside
+    the default's.
+    1. `exec --attach --config F` runs a child on the default profile: `/`, demo's session.
+    2. `exec --attach --config F --profile ops`: `/profiles/ops`, ops's token file and session.
+    3. `--profile nope`: one line, exit 78, no child."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BOTH_POLICY)
+    config = tmp_path / "sentinel.toml"
+    config.write_text(
+        f'profile = "{PROFILE}"\npolicy_file = "{policy}"\nsession_db = "{tmp_path / "s.db"}"\n'
+        f'token_file = "{run / "token"}"\nenv_file = "{run / "workload.env"}"\n'
+        f'[profiles.{OPS}]\nenv_file = "{elsewhere / "ops-workload.env"}"\n'
+    )
+    serve = SentinelProcess(["serve", "--config", str(config)], env)
+    try:
+        ops_env = elsewhere / "ops-workload.env"
+        wait_until(lambda: ops_env.exists() or serve.proc.poll() is not None, "ops's env file")
+        assert serve.proc.poll() is None, serve.stderr
+        port = int(serve.wait_for_line(r"listening on 127\.0\.0\.1 port (\d+)").group(1))
+        status, health = http_get(port, "/healthz")
+        assert status == 200
+        sessions = {name: section["session"]["id"] for name, section in health["profiles"].items()}
+        witness = [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]
+        for asked, path, token_file in (
+            ((), "/", run / "token"),
+            (("--profile", OPS), f"/profiles/{OPS}", run / f"{OPS}.token"),
+        ):
+            result = run_sentinel(["exec", "--attach", "--config", str(config), *asked, "--", *witness], env)
+            assert result.returncode == 0, result.stderr
+            seen = json.loads(result.stdout)
+            assert seen["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == f"http://127.0.0.1:{port}{path}"
+            assert seen["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(token_file)
+            assert seen["AWS_SENTINEL"] == sessions[OPS if asked else PROFILE]
+        refused = run_sentinel(
+            ["exec", "--attach", "--config", str(config), "--profile", "nope", "--", *witness], env
+        )
+        assert refused.returncode == 78, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+        assert refused.stdout == ""
+        assert serve.stop() == 0
+    finally:
+        serve.kill()
