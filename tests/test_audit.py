@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import stat
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -513,3 +514,70 @@ async def test_a_backlog_of_several_batches_keeps_order_ids_and_each_line_its_ow
     assert numbered == [f"0000000a-{n:x}" for n in range(1, total)]
     await log.aclose()
     assert log.statistics() == DecisionLogStatistics(written=total, dropped=0, pending=0, write_errors=0)
+
+
+async def test_a_slow_write_on_the_loop_moves_writing_to_a_thread_for_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12: batches of a regular file are written on the event loop, until one write takes
+    longer than `slow_write` (0 here: the first one does). Then one warning, every later batch
+    from a worker thread, and no line lost or reordered."""
+    caplog.set_level(logging.WARNING, logger="sentinel.audit")
+    path = tmp_path / "log"
+    log = DecisionLogger(str(path), slow_write=0.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(log.run)
+        for round_ in range(3):
+            for n in range(100):
+                log.log_nowait(allow(f"r-{round_}-{n}"))
+            await log.flush()
+        await log.aclose()
+    expected = [f"r-{round_}-{n}" for round_ in range(3) for n in range(100)]
+    assert [line["request_id"] for line in lines(path)] == expected
+    warnings = [r.getMessage() for r in caplog.records if "writing from a thread" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_fifo_whose_reader_stalls_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """A decision log that is a FIFO (not a regular file) is written from a thread.
+    1. Its reader (a thread) does not read until released, or for 10 s: about 0.5 MB is logged,
+       far more than a pipe holds, in one batch small enough for the loop: the write blocks.
+    2. The loop still runs a timer while nothing has been read: had the write blocked the loop,
+       the timer could only fire after the reader's 10 s had run out and it had read.
+    3. Released, the reader gets every line, in order."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the writer's open does not wait
+    release = threading.Event()
+    received = bytearray()
+    total = 1000  # about 0.5 MB, far more than a pipe holds, in one batch of at most SYNC_MAX_LINES
+
+    def read_all() -> None:
+        release.wait(10)
+        os.set_blocking(reader, True)
+        while received.count(b"\n") < total:
+            chunk = os.read(reader, 1 << 16)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    thread = threading.Thread(target=read_all, daemon=True)
+    thread.start()
+    try:
+        log = DecisionLogger(str(fifo), slow_write=60.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(log.run)
+            for n in range(total):
+                log.log_nowait(allow(f"r-{n}"))
+            await anyio.sleep(0.05)  # the batch is taken and being written meanwhile
+            assert not received  # this timer fired while the reader had read nothing
+            release.set()
+            await until(lambda: log.statistics().written == total)
+            await log.aclose()
+        thread.join(10)
+        assert [orjson.loads(line)["request_id"] for line in received.splitlines()] == [
+            f"r-{n}" for n in range(total)
+        ]
+    finally:
+        release.set()
+        os.close(reader)

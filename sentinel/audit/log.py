@@ -1,14 +1,22 @@
-"""The decision log's buffer and writer: the hot path appends bytes, one thread writes batches.
+"""The decision log's buffer and writer: the hot path appends bytes, the loop writes small batches.
 
 Per request, `log_encoded_nowait(tail)` puts the time and a request id in front of `tail`, the
 pre-encoded rest of the line (`encode_tail`, once per outcome), with one bytes `%`, and appends
 the line to a bounded deque: no entry object, no serialisation, no syscall (issue 12: the old
 design built and serialised an object graph per request and cost more than the rest of the
-pipeline). At most every `flush_interval` the `run()` task joins what has gathered (up to
-`MAX_BATCH` lines, one C-level join) and hands it to a worker thread for one write(2), so a slow
-disk blocks that thread and fills the buffer, never the event loop.
+pipeline). `flush_interval` after the first line the `run()` task joins what has gathered (up to
+`MAX_BATCH` lines, one C-level join) and writes it with one write(2).
 
-Durability: lines reach the kernel within `flush_interval` (50 ms by default) of the request, so
+Small batches, written on the event loop (issue 12, DESIGN.md §7): the kernel's copy of a batch
+costs about a quarter of the time the batch took to gather, and whoever makes it holds the one
+CPU the loop needs for that long. 50 ms batches handed to a worker thread put 5-7 ms on the p99 of
+every request (the thread's write, and the GIL hand-offs around it, on the loop's CPU); 2 ms
+batches written by the loop itself put about 0.5 ms. The thread stays for what may block: a file
+that is not a regular file (a FIFO), a reopen (it fsyncs), a backlog larger than
+`SYNC_MAX_LINES` (after a stall), and for good once a write on the loop took longer than
+`SLOW_WRITE` (a slow disk holds the loop for that one write, then only a thread and the buffer).
+
+Durability: lines reach the kernel within `flush_interval` (2 ms by default) of the request, so
 a SIGKILL or a crash loses at most that much; the file is fsync'ed when the log is closed and
 before a rotated file is let go (SIGHUP reopen), not per batch (a power loss can cost what the
 kernel had not written back yet). A full buffer drops the new line and counts it (metrics and a
@@ -54,13 +62,15 @@ logger = logging.getLogger("sentinel.audit")
 # About 1 s of lines at 130k requests/s (some 60 MB at most, only while the disk stalls; writes
 # to a busy disk were seen to block for 0.2-0.5 s): a longer stall drops lines.
 DEFAULT_CAPACITY = 131_072
-# Each batch costs a lock, a timer and a thread hand-off (profiled under load: a few percent of
-# the server's CPU at 100 batches/s), so fewer, larger batches.
-DEFAULT_FLUSH_INTERVAL = 0.05
-# Lines per write(2) (about 7 MB). A hand-off to the writer thread takes a GIL switch interval
-# or two (5 ms each) when the loop is busy, so under load a batch is whatever gathered meanwhile;
-# the cap keeps one write short when shutdown is waiting for it.
+# How long lines gather before a write: short, because a batch's write holds the loop's CPU for
+# about a quarter of this (see above; bench scenarios h and p).
+DEFAULT_FLUSH_INTERVAL = 0.002
+# Lines per write(2) (about 7 MB); the cap keeps one write short when shutdown is waiting for it.
 MAX_BATCH = 16_384
+# Larger batches (a backlog after a stall) go to a worker thread: about 0.7 MB, 1-2 ms of copying.
+SYNC_MAX_LINES = 1024
+# A write on the loop slower than this moves writing to the thread for good (a slow disk).
+SLOW_WRITE = 0.02
 WARNING_INTERVAL = 60.0
 _FULL = "decision log buffer is full or closed; dropping entries"
 
@@ -157,18 +167,24 @@ class DecisionLogger:
         registry: Registry | None = None,
         clock: Clock = SYSTEM_CLOCK,
         request_ids: RequestIds | None = None,
+        slow_write: float = SLOW_WRITE,
     ) -> None:
-        """`destination` is a file path or `-` for stderr; `capacity` bounds the lines held."""
+        """`destination` is a file path or `-` for stderr; `capacity` bounds the lines held;
+        `slow_write`: seconds a write on the loop may take before writing moves to a thread."""
         if capacity < 1:
             raise ConfigError(f"decision log capacity must be at least 1, not {capacity}")
         self._path = None if destination == "-" else destination
         try:
             self._fd: int | None = 2 if self._path is None else _open(self._path)
             self._fsync = self._path is not None and _durable(self._fd)
+            # A regular file takes page-cache copies on the loop; anything else may block (a FIFO
+            # whose reader stalls) and is written from a thread. stderr is always written here.
+            self._on_loop = self._path is None or _durable(self._fd)
         except OSError as error:
             raise ConfigError(f"--decision-log {destination}: {error.strerror or error}") from None
         self._capacity = capacity
         self._flush_interval = flush_interval
+        self._slow_write = slow_write
         self._buffer: deque[bytes] = deque()
         self._ids = request_ids or RequestIds()
         self._numbers = self._ids.counter
@@ -247,7 +263,7 @@ class DecisionLogger:
         """The background writer: waits for lines, lets a batch gather, writes it, until `aclose()`.
 
         Sleeps `flush_interval` before every batch, also when lines are waiting: under load that
-        is what makes one write (and one thread hand-off) per interval instead of many small ones."""
+        is what makes one write per interval instead of one per line."""
         task_status.started()
         while self._fd is not None:  # None once closed
             if not self._buffer and not self._reopen_requested:
@@ -275,6 +291,16 @@ class DecisionLogger:
                     # stderr is shared with the process's own log lines, which are written on
                     # this thread: writing here too keeps each line whole.
                     written, errors = self._write(data, count, reopen)
+                elif self._on_loop and not reopen and count <= SYNC_MAX_LINES:
+                    started = time.perf_counter()
+                    written, errors = self._write(data, count, reopen)
+                    took = time.perf_counter() - started
+                    if took > self._slow_write:
+                        self._on_loop = False
+                        logger.warning(
+                            "decision log: a write took %.0f ms; writing from a thread from now on",
+                            took * 1000,
+                        )
                 else:
                     # Not abandoned on cancellation: the thread owns the fd until it returns.
                     written, errors = await anyio.to_thread.run_sync(self._write, data, count, reopen)
@@ -351,6 +377,8 @@ class DecisionLogger:
                         os.fsync(old)  # the rotated file is complete on disk before we let it go
                     os.close(old)
                 self._fsync = _durable(fd)
+                if not self._fsync:
+                    self._on_loop = False  # the new one is a FIFO or a device: it may block
                 self._torn = False
         if not data or self._fd is None:
             return 0, errors
