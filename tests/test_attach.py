@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,7 +394,16 @@ def test_another_user_cannot_read_the_token_through_attach(
     shared_dir.chmod(0o755)
     args = ("--policy-file", str(policy), "--no-session-tracking")
     with serving(env, shared_dir, *args) as served:
-        repository = Path(__file__).resolve().parents[1]
+        # A copy of the package where `nobody` can read it: the checkout may sit below a
+        # directory only its owner can enter (a clean clone in a mktemp directory, as in CI).
+        code = shared_dir / "code"
+        shutil.copytree(
+            Path(__file__).resolve().parents[1] / "sentinel",
+            code / "sentinel",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for path in (code, *code.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         result = subprocess.run(
             user.argv(
                 SYSTEM_PYTHON,
@@ -405,7 +415,7 @@ def test_another_user_cannot_read_the_token_through_attach(
                 "-c",
                 _READ_TOKEN,
             ),
-            env={**env, "PYTHONPATH": str(repository), "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**env, "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1"},
             cwd="/",
             capture_output=True,
             text=True,
@@ -417,4 +427,4 @@ def test_another_user_cannot_read_the_token_through_attach(
         assert (seen["uid"], seen["read"]) == (user.uid, "PermissionError")
         assert seen["env"]["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(served.token_file)
         assert served.token not in result.stdout + result.stderr
-        assert sorted(p.name for p in shared_dir.iterdir()) == ["token", "workload.env"]
+        assert sorted(p.name for p in shared_dir.iterdir()) == ["code", "token", "workload.env"]
