@@ -237,11 +237,13 @@ async def assemble(
             stack.push_async_callback(slot.aclose)
         runs: list[ProfileRun] = []
         registries: list[Registry] = []
-        upstreams: list[_Upstream] = []
+        # One store for all: opened with the default profile's base credentials.
+        store_upstream: _Upstream | None = None
         for profile, base in zip(served, bases, strict=True):
             registry = Registry() if several else shared
             _step(f"asking STS who the base credentials of {_named(profile)} belong to")
             upstream = await _open_upstream(profile, stack, base)
+            store_upstream = store_upstream or upstream
             runs.append(
                 await _open_profile(
                     config,
@@ -254,12 +256,10 @@ async def assemble(
                     registry,
                     audit,
                     watcher,
-                    # One store for all: opened with the default profile's base credentials.
-                    store_upstream=upstreams[0] if upstreams else upstream,
+                    store_upstream=store_upstream,
                     owns_store=not several,
                 )
             )
-            upstreams.append(upstream)
             registries.append(registry)
         if not config.lazy:
             _step("fetching credentials from STS")
@@ -317,7 +317,7 @@ async def assemble(
                         identity.user,
                         identity.profile,
                         identity.role_arn,
-                        server.url.rstrip("/") + run.profile.path if server else "no listener",
+                        server.url_for(run.profile.path) if server else "no listener",
                     )
                 yield assembly
             finally:

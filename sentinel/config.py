@@ -410,7 +410,7 @@ def build_config(
     default = values.get("profile")
     if isinstance(flag_profiles, list | tuple) and len(flag_profiles) > 1:
         names = [
-            values["profile"],
+            default,
             *(_parse(OPTIONS_BY_FIELD["profile"], n, "--profile") for n in flag_profiles[1:]),
         ]
     else:
@@ -424,7 +424,7 @@ def build_config(
             values[field_name] = _parse(
                 OPTIONS_BY_FIELD[field_name], raw, f"{field_name} in [profiles.{default}]"
             )
-    extras = tuple(_settings(name, tables.get(name, {}), config_file) for name in names[1:])
+    extras = tuple(_settings(name, tables.get(name), config_file) for name in names[1:])
     config = ServerConfig(**values, profiles=extras)
     _validate(config)
     served_profiles(config, environ)  # a clash (one name twice, one token file for two) fails here
@@ -438,8 +438,10 @@ def _parse(option: Option, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _settings(name: str, table: dict[str, Any], config_file: Path | None) -> ProfileSettings:
-    check_extra_name(name, "--profile")
+def _settings(name: str, table: dict[str, Any] | None, config_file: Path | None) -> ProfileSettings:
+    """An extra profile from a repeated --profile (`table` None) or its `[profiles.NAME]` table."""
+    check_extra_name(name, "--profile" if table is None else f"[profiles.{name}] in {config_file}")
+    table = table or {}
     parsed = {
         field_name: _parse(
             OPTIONS_BY_FIELD[field_name], raw, f"{field_name} in [profiles.{name}] of {config_file}"

@@ -150,8 +150,7 @@ def _write_workload_files(running: Assembly) -> None:
 
 def _profile_urls(running: Assembly) -> list[tuple[ProfileRun, str]]:
     """Each profile with the URI its workloads use (`/`, or `/profiles/NAME`, issue 14)."""
-    base = running.listener.url.rstrip("/")
-    return [(run, base + run.profile.path) for run in running.profiles]
+    return [(run, running.listener.url_for(run.profile.path)) for run in running.profiles]
 
 
 async def _reload(running: Assembly, notifier: SystemdNotifier, signals: ServeSignals) -> None:

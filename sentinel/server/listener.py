@@ -43,8 +43,12 @@ class Server:
     @property
     def url(self) -> str:
         """The credentials URI, as given to SDKs in `AWS_CONTAINER_CREDENTIALS_FULL_URI`."""
+        return self.url_for("/")
+
+    def url_for(self, path: str) -> str:
+        """The URI of `path` on this listener (a profile's credential path, issue 14)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{host}:{self.port}{path}"
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters (also publishes pending request counts to the registry)."""
